@@ -1,0 +1,128 @@
+"""The Python API: everything the CLI does is one call here.
+
+    import graphopt
+    result = graphopt.optimize("model.onnx", "model.opt.onnx", recipe="lossless", bench=True)
+    print(result.table)
+
+`optimize` accepts a path, an `onnx.ModelProto`, an `onnx_ir.Model` or an
+`onnx_graphsurgeon.Graph` and returns the optimized model as the same kind (an
+`onnx_ir.Model` for a path) together with the report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from graphopt.bench import BenchConfig
+from graphopt.data import Feed, load_feeds, parse_shapes, input_specs, split_holdout, synthesize_feeds, validate_feed
+from graphopt.errors import InputError
+from graphopt.io import LoadedModel, load_model, save_model, to_kind
+from graphopt.manager import PassManager, RunConfig
+from graphopt.pass_api import Pass, PassContext
+from graphopt.recipes import DEFAULT_RECIPE, passes_from_recipe, passes_from_spec
+from graphopt.report import build_report, format_table
+from graphopt.runtime import needs_file, resolve_providers
+from graphopt.tolerance import Budget
+from graphopt.verify import reference_outputs
+
+SYNTHETIC_FEEDS = 2
+
+
+@dataclass
+class OptimizeResult:
+    model: Any
+    report: dict[str, Any]
+    output: Path | None
+
+    @property
+    def table(self) -> str:
+        return format_table(self.report)
+
+
+def optimize(source: Any, output: str | os.PathLike | None = None, *,
+             passes: str | list[Pass] | None = None, recipe: str | None = None,
+             data: str | os.PathLike | Iterable[Feed] | None = None,
+             calib: str | os.PathLike | Iterable[Feed] | None = None,
+             shapes: list[str] | dict[str, tuple[int, ...]] | None = None,
+             budget: list[str] | dict[str, float] | Budget | None = None,
+             verify: str = "each", on_fail: str = "rollback", bench: bool = False,
+             providers: list[str] | None = None, bench_runs: int = 20, threads: int = 0,
+             seed: int = 0, progress: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Run a recipe (default `lossless`) or a pass list over a model, verified pass by pass."""
+    loaded = load_model(source)
+    if output is not None and loaded.path is not None and _same_file(Path(output), loaded.path):
+        raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
+    pass_list = _resolve_passes(passes, recipe)
+    run_budget = _as_budget(budget)
+    choice = resolve_providers(providers or ["cpu"]) if bench else None
+    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed)
+    ctx = PassContext(seed=seed, budget=run_budget,
+                      calibration=(lambda: iter(calib_feeds)) if calib_feeds else None)
+    config = RunConfig(verify=verify, on_fail=on_fail, budget=run_budget,
+                       bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
+    manager = PassManager(pass_list, config, feeds, ctx, progress)
+    reference = None
+    if (verify != "off" or run_budget.limits) and loaded.path is not None and needs_file(loaded.model):
+        reference = reference_outputs(loaded.path, feeds)  # ORT reads the original file directly
+    result = manager.run(loaded.model, reference)
+    provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
+    report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
+                          output_path=str(output) if output else None, providers=provider_info, feeds=data_info)
+    if output is not None:
+        if progress:
+            progress(f"saving {output}")
+        save_model(result.model, output)
+    return OptimizeResult(to_kind(result.model, loaded), report, Path(output) if output else None)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _resolve_passes(passes: str | list[Pass] | None, recipe: str | None) -> list[Pass]:
+    if passes is not None and recipe is not None:
+        raise InputError("give either --passes or --recipe, not both")
+    if passes is None:
+        return passes_from_recipe(recipe or DEFAULT_RECIPE)
+    return passes_from_spec(passes) if isinstance(passes, str) else list(passes)
+
+
+def _as_budget(budget: list[str] | dict[str, float] | Budget | None) -> Budget:
+    if budget is None:
+        return Budget()
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, dict):
+        return Budget.parse([f"{k}={v}" for k, v in budget.items()])
+    return Budget.parse(list(budget))
+
+
+def _feeds(loaded: LoadedModel, data, calib, shapes, seed: int):
+    """Verification feeds, calibration feeds, and a description of where they came from."""
+    model = loaded.model
+    specs = input_specs(model)
+    shape_map = parse_shapes(shapes, specs) if isinstance(shapes, list) else (shapes or {})
+    calib_feeds = _load(calib, model) if calib is not None else []
+    if data is not None:
+        feeds = _load(data, model)
+        return feeds, calib_feeds, {"verify": "data", "count": len(feeds)}
+    if calib_feeds:
+        calib_part, held_out = split_holdout(calib_feeds)
+        return held_out, calib_part, {"verify": "held-out calibration feeds", "count": len(held_out)}
+    feeds = synthesize_feeds(model, SYNTHETIC_FEEDS, shape_map, seed)
+    return feeds, [], {"verify": f"synthesized (seed {seed})", "count": len(feeds)}
+
+
+def _load(source, model) -> list[Feed]:
+    if isinstance(source, (str, os.PathLike)):
+        return load_feeds(source, model)
+    feeds = [dict(feed) for feed in source]
+    if not feeds:
+        raise InputError("data holds no feeds")
+    specs = input_specs(model)
+    for i, feed in enumerate(feeds):
+        validate_feed(feed, specs, f"feed {i}")
+    return feeds

@@ -1,0 +1,169 @@
+"""The `graphopt` command line. It only parses arguments and calls the API.
+
+Exit codes: 0 success; 1 a verification or budget failure; 2 bad input or usage, with one
+readable line on stderr (a traceback only with --debug). No output file on a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+
+from graphopt.errors import GraphoptError, InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one readable line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="graphopt", description="Verified ONNX graph rewriting.")
+    parser.add_argument("--debug", action="store_true", help="tracebacks and pass no-match reasons")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_optimize(sub)
+    p = sub.add_parser("inspect", help="ops, params, bytes, MACs, opsets, inputs/outputs")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("compare", help="numeric comparison of two models, per output")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--data")
+    p.add_argument("--shape", action="append", default=[])
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("bench", help="latency on ONNX Runtime execution providers")
+    p.add_argument("model")
+    p.add_argument("--providers", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--shape", action="append", default=[])
+    p.add_argument("--data")
+    p.add_argument("--json", action="store_true")
+    sub.add_parser("passes", help="every pass with its options and defaults")
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _add_optimize(sub) -> None:
+    p = sub.add_parser("optimize", help="run a recipe or pass list, verified pass by pass")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--passes", help="name[:key=value;...],... (see `graphopt passes`)")
+    group.add_argument("--recipe", help="lossless (default) or a recipe .toml file")
+    p.add_argument("--calib", help=".npz or directory of .npz: calibration data")
+    p.add_argument("--data", help=".npz or directory of .npz: verification data")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE")
+    p.add_argument("--providers", default="cpu", help="for --bench: cpu,cuda,tensorrt,openvino,dml")
+    p.add_argument("--bench", action="store_true", help="benchmark the input and every applied pass")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per benchmark")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--verify", default="each", choices=["each", "end", "off"])
+    p.add_argument("--on-fail", default="rollback", choices=["rollback", "fail", "warn"])
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def cmd_optimize(args) -> int:
+    from graphopt.api import optimize
+    from graphopt.report import write_json
+
+    progress = None if args.quiet else (lambda msg: print(f"graphopt: {msg}", file=sys.stderr, flush=True))
+    result = optimize(args.model, args.output, passes=args.passes, recipe=args.recipe, data=args.data,
+                      calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
+                      on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
+                      bench_runs=args.runs, threads=args.threads, seed=args.seed, progress=progress)
+    if args.report:
+        write_json(result.report, args.report)
+    print(result.table)
+    skipped = result.report["environment"]["providers"].get("skipped") or {}
+    for name, why in skipped.items():
+        print(f"skipped provider {name}: {why}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from graphopt.io import load_path
+    from graphopt.model_stats import format_stats, model_stats
+    from pathlib import Path
+
+    stats = model_stats(load_path(Path(args.model)))
+    print(json.dumps(stats.to_dict(), indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from graphopt.compare import compare_models, format_comparison
+
+    result = compare_models(args.a, args.b, data=args.data, shapes=args.shape)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from graphopt.compare import bench_file, format_bench
+
+    result = bench_file(args.model, _split(args.providers), threads=args.threads, runs=args.runs,
+                        data=args.data, shapes=args.shape)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def cmd_passes(args) -> int:
+    from graphopt.options import describe_options
+    from graphopt.pass_api import registered_passes
+    from graphopt.recipes import RECIPES
+
+    for name, cls in registered_passes().items():
+        print(f"{name}  [{cls.tolerance.kind}]  {cls.summary}")
+        for opt, kind, default in describe_options(cls.Options):
+            print(f"    {opt}: {kind} = {default}")
+    print("\nrecipes:")
+    for name, items in RECIPES.items():
+        print(f"  {name}: {','.join(items)}")
+    return 0
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+COMMANDS = {"optimize": cmd_optimize, "inspect": cmd_inspect, "compare": cmd_compare,
+            "bench": cmd_bench, "passes": cmd_passes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="graphopt: %(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        for noisy in ("onnx_ir", "onnxscript"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return COMMANDS[args.command](args)
+    except GraphoptError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"graphopt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("graphopt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in graphopt: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"graphopt: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

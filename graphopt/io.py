@@ -1,0 +1,160 @@
+"""Model I/O: accept any model kind, hand passes an `onnx_ir.Model`, give back the same kind.
+
+Paths are loaded with onnx_ir, which memory-maps external data instead of reading it, so
+models over 2 GB never become one protobuf in memory. Saving is atomic: the model (and
+its external data, if any) is written into a temporary directory next to the target and
+renamed into place only after the write succeeded, so a failed or interrupted save never
+leaves a half-written file and never touches the input.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from graphopt.errors import InputError
+
+# Models whose weights exceed this are saved with external data (protobuf's hard cap is 2 GB).
+EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
+# Tensors at least this large go to the external data file when external data is used.
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An IR model plus how it came in, so `to_kind` can give back the same kind."""
+
+    model: ir.Model
+    kind: str  # "path" | "proto" | "ir" | "gs"
+    path: Path | None = None
+
+
+def load_model(source: Any) -> LoadedModel:
+    """Load a path, `onnx.ModelProto`, `onnx_ir.Model` or `gs.Graph` into the IR."""
+    if isinstance(source, ir.Model):
+        return LoadedModel(source, "ir")
+    if isinstance(source, onnx.ModelProto):
+        return LoadedModel(ir.serde.deserialize_model(source), "proto")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return LoadedModel(load_path(path), "path", path)
+    if type(source).__name__ == "Graph" and type(source).__module__.startswith("onnx_graphsurgeon"):
+        import onnx_graphsurgeon as gs
+
+        return LoadedModel(ir.serde.deserialize_model(gs.export_onnx(source)), "gs")
+    raise InputError(f"cannot load a model from {type(source).__name__}: expected a path, "
+                     "onnx.ModelProto, onnx_ir.Model or onnx_graphsurgeon.Graph")
+
+
+def load_path(path: Path) -> ir.Model:
+    """Load an .onnx file lazily (external data memory-mapped), with readable errors."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty, not an ONNX model")
+    try:
+        model = ir.load(path)
+    except (DecodeError, RuntimeError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        raise InputError(f"{path}: not a valid ONNX model (cannot parse protobuf: {exc})") from None
+    if not model.graph.outputs and len(model.graph) == 0:
+        raise InputError(f"{path}: not a valid ONNX model (parsed, but holds no graph)")
+    check_external_data(model, path)
+    return model
+
+
+def check_external_data(model: ir.Model, path: Path) -> None:
+    """Fail early, naming the file, if any external tensor's data file is missing or short."""
+    sizes: dict[str, int] = {}
+    for tensor in _external_tensors(model):
+        data_path = Path(tensor.path)
+        key = str(data_path)
+        if key not in sizes:
+            if not data_path.exists():
+                raise InputError(f"{path}: external data file '{tensor.location}' for tensor "
+                                 f"'{tensor.name}' not found next to the model")
+            sizes[key] = data_path.stat().st_size
+        end = tensor.offset + (tensor.length if tensor.length is not None else tensor.nbytes)
+        if end > sizes[key]:
+            raise InputError(f"{path}: external data file '{tensor.location}' is too short for "
+                             f"tensor '{tensor.name}' (needs {end} bytes, has {sizes[key]})")
+
+
+def _external_tensors(model: ir.Model):
+    for value in _all_initializers(model):
+        if isinstance(value.const_value, ir.ExternalTensor):
+            yield value.const_value
+
+
+def _all_initializers(model: ir.Model):
+    yield from model.graph.initializers.values()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from attr.value.initializers.values()
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for graph in attr.value:
+                    yield from graph.initializers.values()
+
+
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of all initializers (main graph and subgraphs), without reading any data."""
+    total = 0
+    for value in _all_initializers(model):
+        tensor = value.const_value
+        if tensor is not None:
+            total += tensor.nbytes
+    return total
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write `model` to `path` atomically; weights go to `<name>.data` when large.
+
+    `external_data=None` decides by size (over 1 GB of weights, or any external tensor in
+    the model, means external data). Returns the written path.
+    """
+    target = Path(path)
+    if external_data is None:
+        external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or any(
+            True for _ in _external_tensors(model))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        data_name = f"{target.name}.data" if external_data else None
+        write_to_dir(model, staging / target.name, data_name)
+        if data_name:
+            os.replace(staging / data_name, target.parent / data_name)
+        os.replace(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def write_to_dir(model: ir.Model, path: Path, data_name: str | None) -> None:
+    """Serialize `model` to `path` (no atomicity); external tensors go to `data_name`."""
+    if data_name is None:
+        ir.save(model, path)
+    else:
+        ir.save(model, path, external_data=data_name,
+                size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES, alignment=65536)
+
+
+def to_kind(model: ir.Model, loaded: LoadedModel) -> Any:
+    """Convert the optimized IR back to the kind the caller gave."""
+    if loaded.kind in ("ir", "path"):
+        return model
+    proto = ir.serde.serialize_model(model)
+    if loaded.kind == "proto":
+        return proto
+    import onnx_graphsurgeon as gs
+
+    return gs.import_onnx(proto)

@@ -1,0 +1,207 @@
+"""The pass manager: run passes with verification, rollback and benchmarking around each.
+
+Each pass runs on a clone of the current model (tensors are shared, not copied), so the
+model before the pass is the rollback point. After a pass that changed something, the
+verify instrument checks the candidate (structure + numerics against the reference outputs
+of the input model, under the pass's tolerance class) and the on-fail policy decides:
+`rollback` keeps the pre-pass model, `fail` stops the run, `warn` keeps the candidate.
+With `verify="end"`, only the final model is checked and, on failure, the pass list is
+bisected to find the first pass that breaks it, which is then dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import onnx_ir as ir
+
+from graphopt.bench import BenchConfig, bench_model
+from graphopt.errors import InputError, VerificationError
+from graphopt.pass_api import Feed, Pass, PassContext
+from graphopt.size import ModelSize, model_size
+from graphopt.tolerance import Budget, Exact, Lossy, Reassoc, Tolerance
+from graphopt.verify import Verdict, structural_problems, verify_candidate
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    verify: str = "each"  # each | end | off
+    on_fail: str = "rollback"  # rollback | fail | warn
+    bench: BenchConfig | None = None
+    budget: Budget = field(default_factory=Budget)
+
+    def __post_init__(self):
+        if self.verify not in ("each", "end", "off"):
+            raise InputError(f"--verify: expected each, end or off, got '{self.verify}'")
+        if self.on_fail not in ("rollback", "fail", "warn"):
+            raise InputError(f"--on-fail: expected rollback, fail or warn, got '{self.on_fail}'")
+
+
+@dataclass
+class PassRecord:
+    name: str
+    options: dict[str, Any]
+    applied: bool = False
+    rolled_back: bool = False
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    size: dict[str, int] = field(default_factory=dict)
+    verify: dict[str, Any] | None = None
+    bench: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    model: ir.Model
+    passes: list[PassRecord]
+    before: ModelSize
+    after: ModelSize
+    final: Verdict | None = None
+    baseline_bench: dict[str, Any] | None = None
+
+
+Progress = Callable[[str], None]
+
+
+class PassManager:
+    def __init__(self, passes: list[Pass], config: RunConfig, feeds: list[Feed],
+                 ctx: PassContext | None = None, progress: Progress | None = None):
+        self.passes = passes
+        self.config = config
+        self.feeds = feeds
+        self.ctx = ctx or PassContext(budget=config.budget)
+        self.progress = progress or (lambda message: None)
+        self.reference: list[Feed] | None = None
+        self.known_problems: frozenset[str] = frozenset()
+
+    def run(self, model: ir.Model, reference: list[Feed] | None = None) -> RunResult:
+        """Run every pass; `reference` = outputs of `model` on the feeds, if already known."""
+        if self.config.verify != "off" or self.config.budget.limits:
+            self.reference = reference if reference is not None else self._reference(model)
+            self.known_problems = frozenset(structural_problems(model))
+        original, before = model, model_size(model)
+        baseline = self._bench(model, "input model") if self.config.bench else None
+        records = []
+        for i, p in enumerate(self.passes, 1):
+            self.progress(f"[{i}/{len(self.passes)}] {p.name}")
+            model, record = self._run_one(p, model, verify=self.config.verify == "each")
+            records.append(record)
+        final = None
+        if self.config.verify == "end":
+            model, final = self._verify_end(original, model, records)
+        final = self._check_budget(model, records) or final
+        return RunResult(model, records, before, model_size(model), final, baseline)
+
+    def _reference(self, model: ir.Model) -> list[Feed]:
+        from graphopt.verify import reference_outputs
+
+        self.progress("computing reference outputs")
+        return reference_outputs(model, self.feeds)
+
+    def _run_one(self, p: Pass, model: ir.Model, verify: bool) -> tuple[ir.Model, PassRecord]:
+        record = PassRecord(p.name, p.describe_options())
+        candidate, failure, raised = model.clone(), None, False
+        start = time.perf_counter()
+        try:
+            result = p.run(candidate, self.ctx)
+            record.stats = dict(result.stats)
+        except InputError:
+            raise
+        except Exception as exc:  # a pass bug must not leave a half-rewritten model
+            failure, raised = f"raised {type(exc).__name__}: {exc}", True
+            result = None
+        record.seconds = time.perf_counter() - start
+        if result is not None and result.modified and verify:
+            verdict = verify_candidate(result.model, self.feeds, self.reference, p.tolerance,
+                                       self.config.budget, self.known_problems)
+            record.verify = verdict.summary()
+            failure = None if verdict.ok else "; ".join(verdict.problems)
+        keep = result is not None and result.modified and (failure is None or
+                                                            (self.config.on_fail == "warn" and not raised))
+        record.error = failure
+        if failure is not None and self.config.on_fail == "fail":
+            raise VerificationError(f"pass '{p.name}' failed verification: {failure}")
+        record.rolled_back = failure is not None and not keep
+        record.applied = keep
+        if keep:
+            model = result.model
+            self.ctx.invalidate(p.preserves)
+        record.size = model_size(model).to_dict()
+        if keep and self.config.bench:
+            record.bench = self._bench(model, p.name)
+        return model, record
+
+    def _bench(self, model: ir.Model, label: str) -> dict[str, Any]:
+        self.progress(f"benchmarking {label}")
+        return bench_model(model, self.feeds[0], self.config.bench)
+
+    def _verify_end(self, original: ir.Model, model: ir.Model,
+                    records: list[PassRecord]) -> tuple[ir.Model, Verdict]:
+        """Verify the final model; on failure bisect for the culprit, drop it, and retry."""
+        while True:
+            applied = [(p, r) for p, r in zip(self.passes, records) if r.applied]
+            verdict = self._verify_chain(model, [p for p, _ in applied])
+            if verdict.ok or not applied:
+                return model, verdict
+            culprit_pass, culprit = self._bisect(original, [p for p, _ in applied])
+            record = next(r for p, r in applied if p is culprit_pass)
+            record.error = "; ".join(culprit.problems)
+            if self.config.on_fail != "rollback":
+                if self.config.on_fail == "fail":
+                    raise VerificationError(f"pass '{record.name}' failed verification: {record.error}")
+                return model, verdict
+            record.applied, record.rolled_back = False, True
+            self.progress(f"end verification failed; rolling back '{record.name}' and re-running")
+            model = self._replay(original, [p for p, r in zip(self.passes, records) if r.applied])
+
+    def _verify_chain(self, model: ir.Model, chain: list[Pass]) -> Verdict:
+        return verify_candidate(model, self.feeds, self.reference, combined_tolerance(chain),
+                                self.config.budget, self.known_problems)
+
+    def _replay(self, original: ir.Model, chain: list[Pass]) -> ir.Model:
+        model = original
+        for p in chain:
+            candidate = model.clone()
+            model = p.run(candidate, self.ctx).model
+        return model
+
+    def _bisect(self, original: ir.Model, chain: list[Pass]) -> tuple[Pass, Verdict]:
+        """Shortest failing prefix of `chain` (the whole chain fails); its last pass is the culprit."""
+        verdicts: dict[int, Verdict] = {}
+        lo, hi = 1, len(chain)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            verdicts[mid] = self._verify_chain(self._replay(original, chain[:mid]), chain[:mid])
+            lo, hi = (mid + 1, hi) if verdicts[mid].ok else (lo, mid)
+        if hi not in verdicts:
+            verdicts[hi] = self._verify_chain(self._replay(original, chain[:hi]), chain[:hi])
+        return chain[hi - 1], verdicts[hi]
+
+    def _check_budget(self, model: ir.Model, records: list[PassRecord]) -> Verdict | None:
+        """The run's accuracy budget, on the final model against the input model."""
+        if not self.config.budget.limits:
+            return None
+        verdict = verify_candidate(model, self.feeds, self.reference, Lossy(self.config.budget),
+                                   self.config.budget, self.known_problems)
+        if not verdict.ok:
+            lossy = [r.name for p, r in zip(self.passes, records)
+                     if r.applied and isinstance(p.tolerance, Lossy)]
+            raise VerificationError("final model misses the accuracy budget: "
+                                    + "; ".join(verdict.problems)
+                                    + (f" (lossy passes applied: {', '.join(lossy)})" if lossy else ""))
+        return verdict
+
+
+def combined_tolerance(chain: list[Pass]) -> Tolerance:
+    """The loosest tolerance class among the passes (lossy > reassoc > exact)."""
+    tolerances = [p.tolerance for p in chain]
+    lossy = [t for t in tolerances if isinstance(t, Lossy)]
+    if lossy:
+        return lossy[0]
+    reassoc = [t for t in tolerances if isinstance(t, Reassoc)]
+    if reassoc:
+        return Reassoc(rtol=sum(t.rtol for t in reassoc), atol=sum(t.atol for t in reassoc))
+    return Exact()

@@ -1,0 +1,130 @@
+"""The pass API: `Pass`, `PassResult`, `PassContext`, and the pass registry.
+
+A pass is a small class with a name, a typed `Options` dataclass, a tolerance class, the
+analyses it preserves, and one `run(model, ctx)`. It edits the IR only through onnx_ir's
+safe primitives and creates new tensors under fresh names (never writing into a shared
+buffer), so the manager can roll it back by keeping the pre-pass clone. Logging, timing,
+verification and benchmarking are the manager's job, not the pass's.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.errors import InputError
+from graphopt.options import NoOptions, build_options
+from graphopt.tolerance import Budget, Exact, Tolerance
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass
+class PassResult:
+    model: ir.Model
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class NameAuthority:
+    """Hands out value/node names unused anywhere in the model (subgraphs included)."""
+
+    def __init__(self, model: ir.Model):
+        self._used = set()
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            self._used.add(node.name)
+            self._used.update(v.name for v in node.outputs)
+        self._used.update(v.name for v in model.graph.inputs)
+        self._used.update(model.graph.initializers)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._used:
+            i += 1
+            name = f"{base}_{i}"
+        self._used.add(name)
+        return name
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the model: analyses, names, seed, logger, data. No globals."""
+
+    seed: int = 0
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("graphopt"))
+    calibration: Callable[[], Iterable[Feed]] | None = None
+    budget: Budget = field(default_factory=Budget)
+    _analyses: dict[type, Any] = field(default_factory=dict)
+    _names: NameAuthority | None = None
+    _names_model: ir.Model | None = None
+
+    def analysis(self, analysis_cls: type, model: ir.Model) -> Any:
+        """Compute `analysis_cls(model)` once; cached until a pass that does not preserve it."""
+        cached = self._analyses.get(analysis_cls)
+        if cached is None or cached[0] is not model:
+            self._analyses[analysis_cls] = (model, analysis_cls(model))
+        return self._analyses[analysis_cls][1]
+
+    def invalidate(self, preserved: frozenset[type]) -> None:
+        self._analyses = {k: v for k, v in self._analyses.items() if k in preserved}
+
+    def names(self, model: ir.Model) -> NameAuthority:
+        if self._names is None or self._names_model is not model:
+            self._names, self._names_model = NameAuthority(model), model
+        return self._names
+
+    def no_match(self, pass_name: str, where: str, reason: str) -> None:
+        """Record why a rewrite did not fire (visible with --debug)."""
+        self.logger.debug("%s: no match at %s: %s", pass_name, where, reason)
+
+
+class Pass(abc.ABC):
+    """Base class of every graphopt pass."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    tolerance: ClassVar[Tolerance] = Exact()
+    preserves: ClassVar[frozenset[type]] = frozenset()
+
+    def __init__(self, options: Any = None, **values: Any):
+        if options is not None and values:
+            raise TypeError("give either an Options instance or keyword options, not both")
+        self.options = options if options is not None else build_options(self.name, self.Options, values)
+
+    @abc.abstractmethod
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        """Rewrite `model` (in place or into a new model) and say whether it changed."""
+
+    def describe_options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass available by name to the CLI and recipes."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"pass name '{cls.name}' registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_passes() -> dict[str, type[Pass]]:
+    import graphopt.passes  # noqa: F401  (registers the pass library)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_pass(name: str) -> type[Pass]:
+    passes = registered_passes()
+    if name not in passes:
+        raise InputError(f"unknown pass '{name}' (known: {', '.join(passes)})")
+    return passes[name]

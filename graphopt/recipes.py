@@ -1,0 +1,68 @@
+"""Pass specs and recipes: turn `--passes SPEC` / `--recipe NAME|FILE.toml` into pass objects.
+
+SPEC is `name` or `name:key=value;key=value`, comma-separated. A recipe file is TOML with
+`passes = ["cleanup", "fold-constants:generator_limit=1024", ...]`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from graphopt.errors import InputError
+from graphopt.options import parse_options
+from graphopt.pass_api import Pass, get_pass
+
+RECIPES: dict[str, tuple[str, ...]] = {
+    "lossless": ("lift-constants", "cleanup", "fold-constants", "cleanup"),
+}
+DEFAULT_RECIPE = "lossless"
+
+
+def split_spec(spec: str) -> list[str]:
+    items = [item.strip() for item in spec.split(",")]
+    if not spec.strip() or any(not item for item in items):
+        raise InputError(f"--passes '{spec}': empty pass name (expected name[:key=value;...],...)")
+    return items
+
+
+def parse_pass_spec(item: str) -> Pass:
+    """`name` or `name:key=value;key=value` -> a configured pass instance."""
+    name, _, rest = item.partition(":")
+    cls = get_pass(name.strip())
+    raw: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in rest.split(";"))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"pass '{cls.name}': malformed option '{pair}' (expected key=value)")
+        raw[key.strip()] = value.strip()
+    return cls(parse_options(cls.name, cls.Options, raw))
+
+
+def passes_from_spec(spec: str) -> list[Pass]:
+    return [parse_pass_spec(item) for item in split_spec(spec)]
+
+
+def passes_from_recipe(recipe: str) -> list[Pass]:
+    """A built-in recipe name or a TOML file with a `passes` list."""
+    if recipe in RECIPES:
+        return [parse_pass_spec(item) for item in RECIPES[recipe]]
+    path = Path(recipe)
+    if path.suffix != ".toml":
+        raise InputError(f"--recipe '{recipe}': unknown recipe (built-in: {', '.join(RECIPES)}; "
+                         "or a .toml file)")
+    if not path.is_file():
+        raise InputError(f"--recipe '{recipe}': no such file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"--recipe '{recipe}': not valid TOML ({exc})") from None
+    items = data.get("passes")
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise InputError(f"--recipe '{recipe}': expected a non-empty list of strings `passes = [...]`")
+    return [parse_pass_spec(item) for item in items]

@@ -1,0 +1,27 @@
+"""Cheap size summary of a model (node count, parameters, weight bytes), read without data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import onnx_ir as ir
+
+from graphopt.io import weight_bytes
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    nodes: int
+    initializers: int
+    params: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def model_size(model: ir.Model) -> ModelSize:
+    nodes = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+    inits = [v for v in model.graph.initializers.values() if v.const_value is not None]
+    params = sum(v.const_value.size for v in inits)
+    return ModelSize(nodes, len(inits), params, weight_bytes(model))

@@ -1,0 +1,115 @@
+"""Verification instruments: is the model still valid, and does it still compute the same thing?
+
+Structural: onnx.checker full check (large tensors stripped first, via onnx_ir's CheckerPass),
+topological order, unique value names, ONNX Runtime loads it. Numeric: run the candidate on
+the run's feeds (ORT, graph optimizations disabled, so the graph is checked as written) and
+compare with reference outputs computed once on the input model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import CheckerPass
+
+from graphopt.metrics import OutputMetrics, compare_outputs
+from graphopt.runtime import create_session, run_feeds
+from graphopt.tolerance import Budget, Tolerance
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    problems: list[str]
+    metrics: dict[str, OutputMetrics]
+
+    def summary(self) -> dict:
+        """Worst case over outputs, for the report."""
+        if not self.metrics:
+            return {"ok": self.ok, "problems": self.problems}
+        ms = list(self.metrics.values())
+        top1 = [m.top1 for m in ms if m.top1 is not None]
+        return {
+            "ok": self.ok,
+            "problems": self.problems,
+            "max_abs": max(m.max_abs for m in ms),
+            "mean_abs": max(m.mean_abs for m in ms),
+            "cosine": min(m.cosine for m in ms),
+            "snr_db": min(m.snr_db for m in ms),
+            "max_ulps": max(m.max_ulps for m in ms),
+            "top1": min(top1) if top1 else None,
+            "outputs": {name: m.to_dict() for name, m in self.metrics.items()},
+        }
+
+
+def structural_problems(model: ir.Model) -> list[str]:
+    """Problems that make the file invalid, without running it (empty list when fine)."""
+    problems = []
+    try:
+        CheckerPass(full_check=True)(model)
+    except Exception as exc:
+        problems.append(f"onnx.checker: {_first_line(exc)}")
+    problems += _order_and_name_problems(model)
+    return problems[:5]
+
+
+def _order_and_name_problems(model: ir.Model) -> list[str]:
+    problems, names = [], set()
+    for graph in _graphs(model.graph):
+        done: set[ir.Node] = set()
+        for node in graph:
+            for value in node.inputs:
+                producer = value.producer() if value is not None else None
+                if producer is not None and producer.graph is graph and producer not in done:
+                    problems.append(f"not in topological order: '{node.name}' uses '{value.name}' "
+                                    "before it is produced")
+            for value in node.outputs:
+                if value.name in names:
+                    problems.append(f"value name '{value.name}' is produced twice")
+                names.add(value.name)
+            done.add(node)
+    return problems
+
+
+def _graphs(graph: ir.Graph):
+    yield graph
+    for node in graph:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _graphs(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    yield from _graphs(sub)
+
+
+def reference_outputs(source, feeds: list[Feed]) -> list[Feed]:
+    """Outputs of the input model (a path or an IR model) on every feed."""
+    return run_feeds(create_session(source), feeds)
+
+
+def verify_candidate(model: ir.Model, feeds: list[Feed], reference: list[Feed],
+                     tolerance: Tolerance, budget: Budget, known: frozenset[str] = frozenset()) -> Verdict:
+    """Full check of one candidate against the reference outputs.
+
+    `known` holds structural problems the input model already had; only new ones count.
+    """
+    problems = [p for p in structural_problems(model) if p not in known]
+    if problems:
+        return Verdict(False, problems, {})
+    try:
+        outputs = run_feeds(create_session(model), feeds)
+    except Exception as exc:
+        return Verdict(False, [str(exc)], {})
+    metrics = compare_outputs(reference, outputs)
+    problems = [f"{name}: output shape changed" for name, m in metrics.items() if not m.shape_match]
+    problems += tolerance.violations(metrics, budget)
+    return Verdict(not problems, problems, metrics)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

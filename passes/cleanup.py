@@ -1,0 +1,167 @@
+"""Lossless graph cleanup, wrapping onnx_ir's common passes.
+
+Each rewrite here preserves every output bit for bit: dead-node and dead-initializer
+removal (a value with no path to a graph output cannot affect one), deduplication of
+initializers with equal dtype, shape and bytes (SHA-512 of the data), Identity elimination
+(y = Identity(x) ⇒ uses of y read x), common-subexpression elimination (two nodes with the
+same op, attributes and inputs compute the same values, for deterministic ops), lifting
+Constant nodes to initializers, and a stable topological sort.
+
+onnx_ir's IdentityEliminationPass is not safe when the Identity output is a subgraph's
+output (design.md, "Known pitfalls"), so `eliminate-identity` skips those nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+from onnx_ir.passes import common as irp
+
+from graphopt.options import NoOptions
+from graphopt.pass_api import Pass, PassContext, PassResult, register
+from graphopt.size import model_size
+
+
+def _run_library_pass(lib_pass: ir.passes.PassBase, model: ir.Model) -> bool:
+    return bool(lib_pass(model).modified)
+
+
+def _size_stats(before, after) -> dict[str, int]:
+    return {"nodes_removed": before.nodes - after.nodes,
+            "initializers_removed": before.initializers - after.initializers,
+            "bytes_saved": before.bytes - after.bytes}
+
+
+@register
+class RemoveUnused(Pass):
+    name = "remove-unused"
+    summary = "remove nodes, initializers, functions and opset imports no output depends on"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        before = model_size(model)
+        modified = False
+        for lib_pass in (irp.RemoveUnusedNodesPass(), irp.RemoveUnusedFunctionsPass(),
+                         irp.RemoveUnusedOpsetsPass()):
+            modified |= _run_library_pass(lib_pass, model)
+        return PassResult(model, modified, _size_stats(before, model_size(model)))
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    max_bytes: int = 4 << 30  # initializers larger than this are not hashed
+
+    def validate(self) -> None:
+        if self.max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+
+
+@register
+class DedupInitializers(Pass):
+    name = "dedup-initializers"
+    summary = "merge initializers with identical dtype, shape and data (hashed, streaming)"
+    Options = DedupOptions
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        before = model_size(model)
+        modified = _run_library_pass(irp.DeduplicateHashedInitializersPass(self.options.max_bytes), model)
+        return PassResult(model, modified, _size_stats(before, model_size(model)))
+
+
+@register
+class EliminateIdentity(Pass):
+    name = "eliminate-identity"
+    summary = "bypass Identity nodes (graph outputs keep their names)"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        removed = 0
+        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+            if node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+                continue
+            reason = _eliminate_identity(node)
+            if reason:
+                ctx.no_match(self.name, node.name, reason)
+            else:
+                removed += 1
+        return PassResult(model, removed > 0, {"identities_removed": removed})
+
+
+def _eliminate_identity(node: ir.Node) -> str | None:
+    """Remove y = Identity(x); returns why not when it must stay.
+
+    If y is not a graph output, its uses read x. If y is an output of this graph and x is
+    produced by a node of this same graph (and is neither an input nor another output),
+    x takes y's place and name. Otherwise the Identity is what defines the output and stays.
+    """
+    graph, source, target = node.graph, node.inputs[0], node.outputs[0]
+    if graph is None or source is None:
+        return "Identity outside a graph or without input"
+    if not target.is_graph_output():
+        target.replace_all_uses_with(source)
+        graph.remove(node, safe=True)
+        return None
+    producer = source.producer()
+    if producer is None or producer.graph is not graph:
+        return "its output is a graph output fed by a graph input, initializer or outer-scope value"
+    if source.is_graph_output() or source.is_graph_input():
+        return "its input is itself a graph input or output"
+    name = target.name
+    target.replace_all_uses_with(source, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    source.name = name
+    return None
+
+
+@register
+class CommonSubexpressions(Pass):
+    name = "cse"
+    summary = "merge nodes that compute the same op on the same inputs"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        before = model_size(model)
+        modified = _run_library_pass(irp.CommonSubexpressionEliminationPass(), model)
+        return PassResult(model, modified, _size_stats(before, model_size(model)))
+
+
+@register
+class LiftConstants(Pass):
+    name = "lift-constants"
+    summary = "turn Constant nodes into initializers so weight-reading passes see them"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        before = model_size(model)
+        modified = _run_library_pass(irp.LiftConstantsToInitializersPass(size_limit=0), model)
+        after = model_size(model)
+        return PassResult(model, modified, {"constants_lifted": after.initializers - before.initializers})
+
+
+@register
+class TopologicalSort(Pass):
+    name = "topo-sort"
+    summary = "stable topological order of nodes (graph and subgraphs)"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        order = [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]
+        irp.TopologicalSortPass()(model)
+        new_order = [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]
+        return PassResult(model, order != new_order)
+
+
+CLEANUP_SEQUENCE = (RemoveUnused, DedupInitializers, EliminateIdentity, CommonSubexpressions,
+                    RemoveUnused, TopologicalSort)
+
+
+@register
+class Cleanup(Pass):
+    name = "cleanup"
+    summary = "remove-unused, dedup-initializers, eliminate-identity, cse, remove-unused, topo-sort"
+    Options = NoOptions
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        modified, stats = False, {}
+        for cls in CLEANUP_SEQUENCE:
+            result = cls().run(model, ctx)
+            modified |= result.modified
+            for key, value in result.stats.items():
+                stats[key] = stats.get(key, 0) + value
+        return PassResult(model, modified, stats)
