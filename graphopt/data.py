@@ -106,12 +106,24 @@ def _index_bounds(model: ir.Model) -> dict[str, int]:
     for value in model.graph.inputs:
         for node, index in value.uses():
             if node.op_type == "Gather" and index == 1 and node.inputs[0] is not None:
-                table = node.inputs[0]
+                shape = _static_shape(node.inputs[0])
                 axis = node.attributes.get_int("axis", 0)
-                if table.shape is not None and isinstance(table.shape[axis], int):
-                    rows = table.shape[axis]
+                if shape is not None and isinstance(shape[axis], int):
+                    rows = shape[axis]
                     bounds[value.name] = min(bounds.get(value.name, rows), rows)
     return bounds
+
+
+def _static_shape(value: ir.Value):
+    """Shape of a value, also when it is an initializer or a Constant node's output."""
+    if value.shape is not None:
+        return value.shape
+    if value.const_value is not None:
+        return value.const_value.shape
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return producer.attributes["value"].as_tensor().shape
+    return None
 
 
 def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:

@@ -1,0 +1,55 @@
+"""Pass specs, typed options and recipes: good specs parse, bad ones name the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from graphopt.errors import InputError
+from graphopt.recipes import passes_from_recipe, passes_from_spec
+
+
+def test_spec_with_typed_options():
+    passes = passes_from_spec("cleanup,fold-constants:generator_limit=16;max_iterations=2")
+    assert [p.name for p in passes] == ["cleanup", "fold-constants"]
+    assert passes[1].options.generator_limit == 16
+    assert passes[1].options.max_iterations == 2
+    assert isinstance(passes[1].options.generator_limit, int)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cleanup,nonsense", "unknown pass 'nonsense'"),
+    ("fold-constants:generator_limit=lots", "option generator_limit='lots': expected an integer"),
+    ("fold-constants:bogus=1", "unknown option 'bogus'"),
+    ("fold-constants:max_iterations=0", "max_iterations must be >= 1"),
+    ("fold-constants:generator_limit", "malformed option 'generator_limit'"),
+    ("cleanup,,fold-constants", "empty pass name"),
+    ("dedup-initializers:max_bytes=-5", "max_bytes must be >= 0"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(InputError, match=message):
+        passes_from_spec(spec)
+
+
+def test_builtin_and_file_recipes(tmp_path):
+    assert [p.name for p in passes_from_recipe("lossless")][:2] == ["lift-constants", "cleanup"]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('passes = ["cleanup", "fold-constants:generator_limit=8"]\n')
+    passes = passes_from_recipe(str(recipe))
+    assert passes[1].options.generator_limit == 8
+
+
+@pytest.mark.parametrize("content, message", [
+    ("passes = [", "not valid TOML"),
+    ("passes = []", "non-empty list"),
+    ('other = ["cleanup"]', "non-empty list"),
+])
+def test_bad_recipe_files(tmp_path, content, message):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(content)
+    with pytest.raises(InputError, match=message):
+        passes_from_recipe(str(recipe))
+
+
+def test_unknown_recipe_name():
+    with pytest.raises(InputError, match="unknown recipe"):
+        passes_from_recipe("turbo")
