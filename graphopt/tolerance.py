@@ -66,7 +66,8 @@ class Exact(Tolerance):
     max_ulps: int = 1
 
     def violations(self, metrics, budget):
-        return [f"{name}: {m.max_ulps:g} ulp apart (exact allows {self.max_ulps})"
+        return [f"{name}: {m.max_ulps:.3g} ulp apart, max abs error {m.max_abs:.3g} "
+                f"(exact allows {self.max_ulps} ulp)"
                 for name, m in metrics.items() if m.max_ulps > self.max_ulps]
 
 

@@ -72,6 +72,7 @@ class FoldConstants(Pass):
                                  f"{size if size is not None else 'an unknown number of'} elements "
                                  f"(generator_limit={opts.generator_limit})")
                     return False
+                return True  # onnxscript never folds ConstantOfShape; small ones are worth it
             return None
 
         modified, rounds = False, 0

@@ -1,0 +1,154 @@
+"""The CLI contract: commands, exit codes, one-line errors, no output on failure, input untouched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import models
+from conftest import ADD_RELU, file_digest, parse
+from graphopt.cli import main
+
+CUSTOM_OP = """
+<ir_version: 9, opset_import: ["" : 17, "com.example" : 1]>
+g (float[2] x) => (float[2] y) {
+    t = Relu(x)
+    y = com.example.Mystery(t)
+}
+"""
+
+
+@pytest.fixture
+def default_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "in.onnx"
+    path.write_bytes(models.default_model_path().read_bytes())
+    return path
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_optimize_writes_model_and_report(default_copy, tmp_path, capsys):
+    before = file_digest(default_copy)
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    code, stdout, _ = run_cli(["optimize", str(default_copy), "-o", str(out), "--report", str(report),
+                               "--bench", "--runs", "3"], capsys)
+    assert code == 0
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    data = json.loads(report.read_text())
+    assert data["model"]["after"]["nodes"] < data["model"]["before"]["nodes"]
+    assert "fold-constants" in stdout and "cpu p50 ms" in stdout
+    assert file_digest(default_copy) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx", "r.json"]
+
+
+def _bad_inputs(tmp_path: Path, default_copy: Path) -> dict[str, tuple[list[str], str]]:
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("hello, I am a text file")
+    truncated = tmp_path / "trunc.onnx"
+    truncated.write_bytes(default_copy.read_bytes()[:5000])
+    custom = tmp_path / "custom.onnx"
+    onnx.save(parse(CUSTOM_OP), custom)
+    ext = tmp_path / "ext.onnx"
+    onnx.save(models.mlp(), ext, save_as_external_data=True, location="ext.bin", size_threshold=0)
+    (tmp_path / "ext.bin").unlink()
+    bad_npz = tmp_path / "bad.npz"
+    np.savez(bad_npz, input=np.zeros((2, 1, 3, 32, 32), np.float64))
+    src = str(default_copy)
+    return {
+        "not onnx": ([str(not_onnx)], "not a valid ONNX model"),
+        "truncated": ([str(truncated)], "not a valid ONNX model"),
+        "missing external data": ([str(ext)], "external data file 'ext.bin' for tensor"),
+        "unknown pass": ([src, "--passes", "cleanup,shrinkify"], "unknown pass 'shrinkify'"),
+        "malformed option": ([src, "--passes", "fold-constants:generator_limit=big"],
+                             "option generator_limit='big': expected an integer"),
+        "bad shape name": ([src, "--shape", "images=1,3,32,32"], "the model has no input 'images'"),
+        "data dtype": ([src, "--data", str(bad_npz)], "input 'input' expects float32, data has float64"),
+        "custom op": ([str(custom)], "ONNX Runtime cannot load the model"),
+        "bad budget": ([src, "--budget", "vibes=1"], "--budget 'vibes=1': expected METRIC=VALUE"),
+        "no such recipe": ([src, "--recipe", "turbo"], "unknown recipe"),
+        "bad provider": ([src, "--bench", "--providers", "tpu"], "unknown provider 'tpu'"),
+        "output is input": ([src, "-o", src], "never overwrites its input"),
+    }
+
+
+CASES = ["not onnx", "truncated", "missing external data", "unknown pass", "malformed option",
+         "bad shape name", "data dtype", "custom op", "bad budget", "no such recipe", "bad provider",
+         "output is input"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_exit_2_one_line_no_output(case, tmp_path, default_copy, capsys):
+    args, message = _bad_inputs(tmp_path, default_copy)[case]
+    digests = {p: file_digest(p) for p in tmp_path.iterdir() if p.is_file()}
+    out = tmp_path / "out.onnx"
+    argv = ["optimize", *args] + ([] if "-o" in args else ["-o", str(out)])
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("graphopt: error:") and message in lines[-1]
+    assert not any("Traceback" in line for line in lines)
+    assert not out.exists()
+    assert {p: file_digest(p) for p in digests} == digests
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_verification_failure_exit_1_and_no_output(default_copy, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli(["optimize", str(default_copy), "-o", str(out), "--passes",
+                            "cleanup", "--budget", "max_abs=-1"], capsys)
+    assert code == 1 and "misses the accuracy budget" in err and not out.exists()
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    bad = tmp_path / "x.onnx"
+    bad.write_text("nope")
+    code, _, err = run_cli(["--debug", "optimize", str(bad), "-o", str(tmp_path / "o.onnx")], capsys)
+    assert code == 2 and "Traceback" in err
+
+
+def test_usage_error_is_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["optimize"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_inspect_reports_ops_params_macs(capsys):
+    code, out, _ = run_cli(["inspect", str(models.default_model_path()), "--json"], capsys)
+    stats = json.loads(out)
+    assert code == 0 and stats["op_histogram"]["Conv"] >= 4 and stats["macs"] > 0
+    assert stats["inputs"][0]["shape"] == [1, 3, 32, 32]
+
+
+def test_compare_and_bench(default_copy, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(default_copy), "-o", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    code, text, _ = run_cli(["compare", str(default_copy), str(out), "--json"], capsys)
+    result = json.loads(text)
+    assert code == 0 and result["outputs"]["logits"]["cosine"] > 0.999999
+    code, text, _ = run_cli(["bench", str(out), "--runs", "3", "--json"], capsys)
+    assert code == 0 and json.loads(text)["results"]["cpu"]["p50_ms"] > 0
+
+
+def test_passes_lists_options(capsys):
+    code, out, _ = run_cli(["passes"], capsys)
+    assert code == 0 and "generator_limit: int = 4096" in out and "lossless:" in out
+
+
+def test_console_script_entry_point(default_copy, tmp_path):
+    out = tmp_path / "o.onnx"
+    proc = subprocess.run([sys.executable, "-m", "graphopt.cli", "optimize", str(default_copy), "-o",
+                           str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists() and "wrote" in proc.stdout

@@ -1,0 +1,134 @@
+"""The pass manager: verification, rollback / fail / warn, end-of-run bisection, budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import models
+from graphopt import optimize
+from graphopt.errors import VerificationError
+from graphopt.pass_api import Pass, PassContext, PassResult
+from graphopt.tolerance import Lossy, Reassoc
+
+
+class ReluToSigmoid(Pass):
+    """Breaks numerics on purpose: the first Relu becomes a Sigmoid."""
+
+    name = "break-relu"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        node = next(n for n in model.graph if n.op_type == "Relu")
+        node.op_type = "Sigmoid"
+        return PassResult(model, True, {"changed": node.name})
+
+
+class Explode(Pass):
+    """Raises half-way, after removing a node (the half-rewritten model must not survive)."""
+
+    name = "explode"
+
+    def run(self, model, ctx):
+        model.graph.remove(model.graph.node(len(model.graph) - 1), safe=False)
+        raise RuntimeError("boom")
+
+
+class ScaleOutput(Pass):
+    """Multiplies the graph output by (1 + eps): a small, measurable, lossy change."""
+
+    name = "scale-output"
+    tolerance = Lossy()
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def run(self, model, ctx):
+        out = model.graph.outputs[0]
+        factor = ir.Value(name=f"scale_{self.eps}", const_value=ir.tensor(np.float32(1 + self.eps)))
+        model.graph.register_initializer(factor)
+        node = ir.node("Mul", [out, factor])
+        model.graph.append(node)
+        name, out.name = out.name, out.name + "_unscaled"
+        node.outputs[0].name = name
+        node.outputs[0].dtype, node.outputs[0].shape = out.dtype, out.shape
+        model.graph.outputs[0] = node.outputs[0]
+        return PassResult(model, True)
+
+
+def test_numeric_break_is_rolled_back_and_reported():
+    result = optimize(models.mlp(), passes=[ReluToSigmoid()])
+    record = result.report["passes"][0]
+    assert record["rolled_back"] and not record["applied"]
+    assert "ulp apart" in record["error"] and "(exact allows 1 ulp)" in record["error"]
+    assert [n.op_type for n in result.model.graph.node].count("Sigmoid") == 0
+
+
+def test_raising_pass_leaves_model_as_before():
+    proto = models.mlp()
+    result = optimize(proto, passes=[Explode()])
+    record = result.report["passes"][0]
+    assert record["rolled_back"] and record["error"] == "raised RuntimeError: boom"
+    assert len(result.model.graph.node) == len(proto.graph.node)
+
+
+def test_fail_policy_stops_the_run():
+    with pytest.raises(VerificationError, match="pass 'break-relu' failed verification"):
+        optimize(models.mlp(), passes=[ReluToSigmoid()], on_fail="fail")
+
+
+def test_warn_policy_keeps_the_candidate():
+    result = optimize(models.mlp(), passes=[ReluToSigmoid()], on_fail="warn")
+    record = result.report["passes"][0]
+    assert record["applied"] and record["error"]
+    assert [n.op_type for n in result.model.graph.node].count("Sigmoid") == 1
+
+
+def test_verify_end_bisects_to_the_culprit():
+    chain = optimize(models.mlp(), passes="cleanup,fold-constants").report["passes"]
+    assert not any(r["rolled_back"] for r in chain)
+    from graphopt.recipes import passes_from_spec
+
+    passes = passes_from_spec("cleanup") + [ReluToSigmoid()] + passes_from_spec("fold-constants")
+    result = optimize(models.mlp(), passes=passes, verify="end")
+    records = {r["name"]: r for r in result.report["passes"]}
+    assert records["break-relu"]["rolled_back"] and not records["break-relu"]["applied"]
+    assert records["cleanup"]["rolled_back"] is False
+    assert result.report["summary"]["final_verify"]["ok"] is True
+    assert "Sigmoid" not in [n.op_type for n in result.model.graph.node]
+
+
+def test_lossy_pass_judged_by_budget():
+    kept = optimize(models.mlp(), passes=[ScaleOutput(1e-3)], budget=["cosine=0.99", "snr_db=40"])
+    assert kept.report["passes"][0]["applied"]
+    assert kept.report["passes"][0]["verify"]["snr_db"] == pytest.approx(60, abs=0.5)
+    dropped = optimize(models.mlp(), passes=[ScaleOutput(1e-1)], budget=["snr_db=40"])
+    assert dropped.report["passes"][0]["rolled_back"]
+
+
+def test_final_budget_failure_is_exit_1():
+    with pytest.raises(VerificationError, match="misses the accuracy budget.*snr_db"):
+        optimize(models.mlp(), passes=[ScaleOutput(1e-1)], budget=["snr_db=40"], on_fail="warn")
+
+
+def test_reassoc_tolerance_scales_with_output():
+    from graphopt.metrics import compare_arrays
+
+    ref = np.array([1000.0, -2000.0], np.float32)
+    ok = compare_arrays(ref, ref + np.float32(0.05))
+    bad = compare_arrays(ref, ref + np.float32(5.0))
+    tol = Reassoc(rtol=1e-4, atol=1e-6)
+    assert tol.violations({"y": ok}, None) == []
+    assert tol.violations({"y": bad}, None)
+
+
+def test_report_lists_every_pass_with_verify_and_bench():
+    result = optimize(models.build_default(), bench=True, bench_runs=3)
+    report = result.report
+    assert [p["name"] for p in report["passes"]] == ["lift-constants", "cleanup", "fold-constants", "cleanup"]
+    applied = [p for p in report["passes"] if p["applied"]]
+    assert applied and all(p["verify"]["ok"] and "cpu" in p["bench"] for p in applied)
+    assert all(p["bench"]["cpu"]["p50_ms"] > 0 and "disable_all" in p["bench"]["cpu"] for p in applied)
+    assert report["model"]["after"]["nodes"] < report["model"]["before"]["nodes"]
+    assert report["bench"]["input"]["cpu"]["runs"] == 3
