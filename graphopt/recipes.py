@@ -19,7 +19,7 @@ from graphopt.options import parse_options
 from graphopt.pass_api import Pass, get_pass
 
 RECIPES: dict[str, tuple[str, ...]] = {
-    "lossless": ("lift-constants", "cleanup", "fold-constants", "cleanup"),
+    "lossless": ("initializers-not-inputs", "lift-constants", "cleanup", "fold-constants", "cleanup"),
 }
 DEFAULT_RECIPE = "lossless"
 

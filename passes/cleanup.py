@@ -5,7 +5,8 @@ removal (a value with no path to a graph output cannot affect one), deduplicatio
 initializers with equal dtype, shape and bytes (SHA-512 of the data), Identity elimination
 (y = Identity(x) ⇒ uses of y read x), common-subexpression elimination (two nodes with the
 same op, attributes and inputs compute the same values, for deterministic ops), lifting
-Constant nodes to initializers, and a stable topological sort.
+Constant nodes to initializers, dropping initializers from the graph inputs (IR >= 4), and a
+stable topological sort.
 
 onnx_ir's IdentityEliminationPass is not safe when the Identity output is a subgraph's
 output (design.md, "Known pitfalls"), so `eliminate-identity` skips those nodes.
@@ -13,6 +14,8 @@ output (design.md, "Known pitfalls"), so `eliminate-identity` skips those nodes.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 
 import onnx_ir as ir
@@ -23,8 +26,22 @@ from graphopt.pass_api import Pass, PassContext, PassResult, register
 from graphopt.size import model_size
 
 
+@contextlib.contextmanager
+def _quiet_library_logs():
+    """onnx_ir logs every skipped candidate at WARNING; keep those for --debug only."""
+    lib_logger = logging.getLogger("onnx_ir")
+    previous = lib_logger.level
+    if not logging.getLogger("graphopt").isEnabledFor(logging.DEBUG):
+        lib_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lib_logger.setLevel(previous)
+
+
 def _run_library_pass(lib_pass: ir.passes.PassBase, model: ir.Model) -> bool:
-    return bool(lib_pass(model).modified)
+    with _quiet_library_logs():
+        return bool(lib_pass(model).modified)
 
 
 def _size_stats(before, after) -> dict[str, int]:
@@ -133,6 +150,25 @@ class LiftConstants(Pass):
         modified = _run_library_pass(irp.LiftConstantsToInitializersPass(size_limit=0), model)
         after = model_size(model)
         return PassResult(model, modified, {"constants_lifted": after.initializers - before.initializers})
+
+
+@register
+class InitializersNotInputs(Pass):
+    """IR-3 era exports list every initializer as a graph input too; ONNX Runtime then treats
+    them as overridable inputs and will not constant-fold or pre-pack them. Dropping them
+    from the inputs (raising IR version 3 to 4, where that is allowed) changes no value."""
+
+    name = "initializers-not-inputs"
+    summary = "stop listing initializers as graph inputs (lets ORT treat them as constants)"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        count = sum(1 for v in model.graph.inputs if v.name in model.graph.initializers)
+        if count == 0:
+            return PassResult(model, False)
+        _run_library_pass(irp.RemoveInitializersFromInputsPass(), model)
+        if model.ir_version is not None and model.ir_version < 4:
+            model.ir_version = 4
+        return PassResult(model, True, {"inputs_removed": count})
 
 
 @register
