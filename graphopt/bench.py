@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.runtime import create_session
+from graphopt.runtime import create_session, return_freed_memory
 
 LEVELS = ("enable_all", "disable_all")
 
@@ -54,5 +54,6 @@ def bench_model(model: ir.Model, feed: dict[str, np.ndarray], config: BenchConfi
             session = create_session(model, provider, level, config.threads)
             per_level[level] = time_session(session, feed, config.runs, config.warmup)
             del session
+            return_freed_memory()
         result[provider] = {**per_level["enable_all"], "disable_all": per_level["disable_all"]}
     return result

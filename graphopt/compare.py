@@ -10,7 +10,7 @@ from graphopt.data import input_specs, load_feeds, parse_shapes, synthesize_feed
 from graphopt.errors import InputError
 from graphopt.io import load_path
 from graphopt.metrics import compare_outputs
-from graphopt.runtime import create_session, resolve_providers, run_feeds
+from graphopt.runtime import resolve_providers, run_model
 
 
 def _feeds_for(model, data, shapes, count: int = 2):
@@ -27,8 +27,8 @@ def compare_models(a: str, b: str, *, data: str | None = None, shapes: list[str]
     if sorted(names_a) != sorted(names_b):
         raise InputError(f"the models take different inputs: {names_a} vs {names_b}")
     feeds = _feeds_for(model_a, data, shapes)
-    ref = run_feeds(create_session(Path(a)), feeds)
-    cand = run_feeds(create_session(Path(b)), feeds)
+    ref = run_model(Path(a), feeds)
+    cand = run_model(Path(b), feeds)
     metrics = compare_outputs(ref, cand)
     return {"a": a, "b": b, "feeds": len(feeds), "outputs": {n: m.to_dict() for n, m in metrics.items()}}
 

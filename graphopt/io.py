@@ -106,6 +106,30 @@ def _all_initializers(model: ir.Model):
                     yield from graph.initializers.values()
 
 
+def release_mappings(model: ir.Model) -> None:
+    """Unmap external tensors' files (they re-map on next access).
+
+    Each ExternalTensor keeps an mmap whose touched pages count as resident memory; a pass
+    that reads every weight (hashing, saving) would otherwise keep the whole file resident.
+    """
+    for tensor in _external_tensors(model):
+        try:
+            tensor.release()
+        except BufferError:  # someone still holds a view of the data; leave it mapped
+            pass
+
+
+def external_base_dirs(model: ir.Model) -> set[str]:
+    """Directories the model's external tensors resolve their locations against."""
+    return {os.path.realpath(str(t.base_dir)) for t in _external_tensors(model)}
+
+
+def in_memory_bytes(model: ir.Model) -> int:
+    """Bytes of initializers held in memory (not external): what a saved proto would embed."""
+    return sum(v.const_value.nbytes for v in _all_initializers(model)
+               if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
+
+
 def weight_bytes(model: ir.Model) -> int:
     """Bytes of all initializers (main graph and subgraphs), without reading any data."""
     total = 0
@@ -136,6 +160,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
         os.replace(staging / target.name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        release_mappings(model)
     return target
 
 

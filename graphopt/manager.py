@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from graphopt.bench import BenchConfig, bench_model
 from graphopt.errors import InputError, VerificationError
+from graphopt.io import release_mappings
 from graphopt.pass_api import Feed, Pass, PassContext
 from graphopt.size import ModelSize, model_size
 from graphopt.tolerance import Budget, Exact, Lossy, Reassoc, Tolerance
@@ -114,6 +115,7 @@ class PassManager:
             failure, raised = f"raised {type(exc).__name__}: {exc}", True
             result = None
         record.seconds = time.perf_counter() - start
+        release_mappings(candidate)  # a pass that read every weight must not keep them resident
         if result is not None and result.modified and verify:
             verdict = verify_candidate(result.model, self.feeds, self.reference, p.tolerance,
                                        self.config.budget, self.known_problems)

@@ -1,14 +1,17 @@
 """ONNX Runtime sessions: provider discovery, session building, running feeds.
 
 Works with whichever distribution provides the `onnxruntime` module (onnxruntime,
-onnxruntime-gpu, onnxruntime-openvino). Sessions are built from a saved file whenever the
-model has external data (ORT resolves it relative to the file), so a >2 GB model is never
-serialized into one protobuf in memory; small models go to ORT as bytes.
+onnxruntime-gpu, onnxruntime-openvino). A model goes to ORT as bytes of its graph plus the
+weights held in memory; weights still in external data are read by ORT from their original
+folder, so verifying a >2 GB model neither copies its weights nor builds a >2 GB protobuf.
+Only past 1 GB of in-memory weights is the model written to a temporary file first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphopt.errors import InputError
-from graphopt.io import EXTERNAL_DATA_THRESHOLD_BYTES, weight_bytes, write_to_dir
+from graphopt.io import (EXTERNAL_DATA_THRESHOLD_BYTES, external_base_dirs, in_memory_bytes, release_mappings,
+                         write_to_dir)
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -68,19 +72,23 @@ def session_options(opt_level: str = "disable_all", threads: int = 0) -> ort.Ses
     return so
 
 
+# For a model given as bytes: the folder its external data locations are relative to.
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+
+
 def needs_file(model: ir.Model) -> bool:
-    """True when ORT must get this model as a file (external data, or too big for bytes)."""
-    if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
-        return True
-    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    """True when ORT cannot take this model as bytes (too much in-memory weight, or external
+    data spread over several folders)."""
+    return in_memory_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or len(external_base_dirs(model)) > 1
 
 
 @contextlib.contextmanager
 def model_file(model: ir.Model) -> Iterator[Path]:
-    """The model as a temporary .onnx file with external data, removed afterwards."""
+    """The model as a temporary .onnx file with all weights in fresh external data."""
     with tempfile.TemporaryDirectory(prefix="graphopt-") as tmp:
         path = Path(tmp) / "model.onnx"
         write_to_dir(model, path, "model.onnx.data")
+        release_mappings(model)
         yield path
 
 
@@ -98,10 +106,45 @@ def create_session(source: ir.Model | Path, provider: str = "cpu", opt_level: st
         if needs_file(source):
             with model_file(source) as path:
                 return ort.InferenceSession(str(path), so, providers=providers)
+        # Unchanged external weights are read in place from their original folder: no copy.
+        for folder in external_base_dirs(source):
+            so.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
         proto = ir.serde.serialize_model(source)
         return ort.InferenceSession(proto.SerializeToString(), so, providers=providers)
     except Exception as exc:  # ORT raises several private exception types
         raise InputError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+
+
+def run_model(source: ir.Model | Path, feeds: list[dict[str, np.ndarray]], provider: str = "cpu",
+              opt_level: str = "disable_all") -> list[dict[str, np.ndarray]]:
+    """Build a session, run every feed, drop the session and hand its memory back to the OS."""
+    session = create_session(source, provider, opt_level)
+    try:
+        return run_feeds(session, feeds)
+    finally:
+        del session
+        return_freed_memory()
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+def return_freed_memory() -> None:
+    """Ask glibc to return freed heap pages to the OS.
+
+    ORT allocates each weight separately; after a session is destroyed glibc keeps those
+    pages in its heap (its mmap threshold grows dynamically), so without this the next
+    session would stack on top of the last one's high-water mark. Measured on a 403 MB
+    model: 452 MB of anonymous memory retained after the session was freed, 68 MB after.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def run_feeds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass
 
 from graphopt.metrics import OutputMetrics, compare_outputs
-from graphopt.runtime import create_session, run_feeds
+from graphopt.runtime import run_model
 from graphopt.tolerance import Budget, Tolerance
 
 Feed = dict[str, np.ndarray]
@@ -88,7 +88,7 @@ def _graphs(graph: ir.Graph):
 
 def reference_outputs(source, feeds: list[Feed]) -> list[Feed]:
     """Outputs of the input model (a path or an IR model) on every feed."""
-    return run_feeds(create_session(source), feeds)
+    return run_model(source, feeds)
 
 
 def verify_candidate(model: ir.Model, feeds: list[Feed], reference: list[Feed],
@@ -101,7 +101,7 @@ def verify_candidate(model: ir.Model, feeds: list[Feed], reference: list[Feed],
     if problems:
         return Verdict(False, problems, {})
     try:
-        outputs = run_feeds(create_session(model), feeds)
+        outputs = run_model(model, feeds)
     except Exception as exc:
         return Verdict(False, [str(exc)], {})
     metrics = compare_outputs(reference, outputs)

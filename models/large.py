@@ -22,23 +22,31 @@ IR_VERSION = 9
 
 
 def large_mlp(path: str | os.PathLike, layers: int = 24, width: int = 2048,
-              seed: int = 0, batch: int | str = 1) -> Path:
+              seed: int = 0, batch: int | str = 1, redundant: bool = False) -> Path:
     """Write ``layers`` x (MatMul + Add + Relu) to ``path`` and ``<stem>.data``.
 
     "x" [batch, width] -> "y" [batch, width]. Returns ``path`` as a ``Path``.
+    ``redundant=True`` adds what a lossless cleanup removes, so that a benchmark exercises
+    verification of real candidates: an Identity after every Relu, and each odd layer's
+    bias a same-valued copy of the even layer's before it.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     x = ir.val("x", ir.DataType.FLOAT, [batch, width])
     h, nodes, initializers = x, [], []
     for layer in range(layers):
         w = _lazy_initializer(f"fc{layer}.weight", (width, width), seed, layer, 0)
-        b = _lazy_initializer(f"fc{layer}.bias", (width,), seed, layer, 1)
+        b = _lazy_initializer(f"fc{layer}.bias", (width,), seed,
+                              layer - layer % 2 if redundant else layer, 1)
         initializers += [w, b]
         matmul = ir.node("MatMul", [h, w], name=f"fc{layer}/MatMul")
         add = ir.node("Add", [matmul.outputs[0], b], name=f"fc{layer}/Add")
         relu = ir.node("Relu", [add.outputs[0]], name=f"fc{layer}/Relu")
         nodes += [matmul, add, relu]
         h = relu.outputs[0]
+        if redundant:
+            nodes.append(ir.node("Identity", [h], name=f"fc{layer}/Identity"))
+            h = nodes[-1].outputs[0]
     _name_outputs(nodes)
     h.name, h.dtype, h.shape = "y", ir.DataType.FLOAT, ir.Shape([batch, width])
     graph = ir.Graph([x], [h], nodes=nodes, initializers=initializers,

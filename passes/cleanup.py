@@ -123,6 +123,8 @@ def _eliminate_identity(node: ir.Node) -> str | None:
     if source.is_graph_output() or source.is_graph_input():
         return "its input is itself a graph input or output"
     name = target.name
+    source.type = source.type or target.type
+    source.shape = source.shape or target.shape
     target.replace_all_uses_with(source, replace_graph_outputs=True)
     graph.remove(node, safe=True)
     source.name = name
