@@ -1,7 +1,8 @@
 """The pass manager: run passes with verification, rollback and benchmarking around each.
 
-Each pass runs on a clone of the current model (tensors are shared, not copied), so the
-model before the pass is the rollback point. After a pass that changed something, the
+Each pass edits the current model in place after a clone of it was taken (tensors are
+shared, not copied): that clone is the rollback point, and analyses cached on the model stay
+valid across passes that preserve them. After a pass that changed something, the
 verify instrument checks the candidate (structure + numerics against the reference outputs
 of the input model, under the pass's tolerance class) and the on-fail policy decides:
 `rollback` keeps the pre-pass model, `fail` stops the run, `warn` keeps the candidate.
@@ -83,7 +84,9 @@ class PassManager:
         if self.config.verify != "off" or self.config.budget.limits:
             self.reference = reference if reference is not None else self._reference(model)
             self.known_problems = frozenset(structural_problems(model))
-        original, before = model, model_size(model)
+        # passes edit in place; --verify end replays them from an untouched clone
+        original = model.clone() if self.config.verify == "end" else None
+        before = model_size(model)
         baseline = self._bench(model, "input model") if self.config.bench else None
         records = []
         for i, p in enumerate(self.passes, 1):
@@ -103,36 +106,39 @@ class PassManager:
         return reference_outputs(model, self.feeds)
 
     def _run_one(self, p: Pass, model: ir.Model, verify: bool) -> tuple[ir.Model, PassRecord]:
+        """Run `p` on `model` in place; a clone taken first (tensors shared) is the rollback point."""
         record = PassRecord(p.name, p.describe_options())
-        candidate, failure, raised = model.clone(), None, False
+        backup, failure, raised = model.clone(), None, False
         start = time.perf_counter()
         try:
-            result = p.run(candidate, self.ctx)
+            result = p.run(model, self.ctx)
             record.stats = dict(result.stats)
         except InputError:
             raise
         except Exception as exc:  # a pass bug must not leave a half-rewritten model
-            failure, raised = f"raised {type(exc).__name__}: {exc}", True
-            result = None
+            failure, raised, result = f"raised {type(exc).__name__}: {exc}", True, None
         record.seconds = time.perf_counter() - start
-        release_mappings(candidate)  # a pass that read every weight must not keep them resident
+        release_mappings(model)  # a pass that read every weight must not keep them resident
         if result is not None and result.modified and verify:
             verdict = verify_candidate(result.model, self.feeds, self.reference, p.tolerance,
                                        self.config.budget, self.known_problems)
             record.verify = verdict.summary()
             failure = None if verdict.ok else "; ".join(verdict.problems)
-        keep = result is not None and result.modified and (failure is None or
-                                                            (self.config.on_fail == "warn" and not raised))
         record.error = failure
         if failure is not None and self.config.on_fail == "fail":
             raise VerificationError(f"pass '{p.name}' failed verification: {failure}")
-        record.rolled_back = failure is not None and not keep
-        record.applied = keep
+        keep = failure is None or (self.config.on_fail == "warn" and not raised)
+        record.applied = keep and result.modified
+        record.rolled_back = not keep
         if keep:
             model = result.model
-            self.ctx.invalidate(p.preserves)
+            if result.modified:
+                self.ctx.invalidate(p.preserves)
+        else:
+            model = backup
+            self.ctx.invalidate(frozenset())
         record.size = model_size(model).to_dict()
-        if keep and self.config.bench:
+        if record.applied and self.config.bench:
             record.bench = self._bench(model, p.name)
         return model, record
 
@@ -164,10 +170,10 @@ class PassManager:
                                 self.config.budget, self.known_problems)
 
     def _replay(self, original: ir.Model, chain: list[Pass]) -> ir.Model:
-        model = original
+        model = original.clone()
+        self.ctx.invalidate(frozenset())
         for p in chain:
-            candidate = model.clone()
-            model = p.run(candidate, self.ctx).model
+            model = p.run(model, self.ctx).model
         return model
 
     def _bisect(self, original: ir.Model, chain: list[Pass]) -> tuple[Pass, Verdict]:
