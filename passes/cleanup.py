@@ -44,10 +44,16 @@ def _run_library_pass(lib_pass: ir.passes.PassBase, model: ir.Model) -> bool:
         return bool(lib_pass(model).modified)
 
 
-def _size_stats(before, after) -> dict[str, int]:
-    return {"nodes_removed": before.nodes - after.nodes,
-            "initializers_removed": before.initializers - after.initializers,
-            "bytes_saved": before.bytes - after.bytes}
+def _run_with_size_stats(model: ir.Model, *lib_passes: ir.passes.PassBase) -> PassResult:
+    """Run onnx_ir passes in order; stats say what they removed."""
+    before = model_size(model)
+    modified = False
+    for lib_pass in lib_passes:
+        modified |= _run_library_pass(lib_pass, model)
+    after = model_size(model)
+    return PassResult(model, modified, {"nodes_removed": before.nodes - after.nodes,
+                                        "initializers_removed": before.initializers - after.initializers,
+                                        "bytes_saved": before.bytes - after.bytes})
 
 
 @register
@@ -56,12 +62,8 @@ class RemoveUnused(Pass):
     summary = "remove nodes, initializers, functions and opset imports no output depends on"
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        before = model_size(model)
-        modified = False
-        for lib_pass in (irp.RemoveUnusedNodesPass(), irp.RemoveUnusedFunctionsPass(),
-                         irp.RemoveUnusedOpsetsPass()):
-            modified |= _run_library_pass(lib_pass, model)
-        return PassResult(model, modified, _size_stats(before, model_size(model)))
+        return _run_with_size_stats(model, irp.RemoveUnusedNodesPass(), irp.RemoveUnusedFunctionsPass(),
+                                    irp.RemoveUnusedOpsetsPass())
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,7 @@ class DedupInitializers(Pass):
     Options = DedupOptions
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        before = model_size(model)
-        modified = _run_library_pass(irp.DeduplicateHashedInitializersPass(self.options.max_bytes), model)
-        return PassResult(model, modified, _size_stats(before, model_size(model)))
+        return _run_with_size_stats(model, irp.DeduplicateHashedInitializersPass(self.options.max_bytes))
 
 
 @register
@@ -137,9 +137,7 @@ class CommonSubexpressions(Pass):
     summary = "merge nodes that compute the same op on the same inputs"
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        before = model_size(model)
-        modified = _run_library_pass(irp.CommonSubexpressionEliminationPass(), model)
-        return PassResult(model, modified, _size_stats(before, model_size(model)))
+        return _run_with_size_stats(model, irp.CommonSubexpressionEliminationPass())
 
 
 @register
