@@ -57,7 +57,7 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
         raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
     pass_list = _resolve_passes(passes, recipe)
     run_budget = _as_budget(budget)
-    choice = resolve_providers(providers or ["cpu"]) if bench else None
+    choice = resolve_providers(providers) if bench else None  # default: every available EP
     feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed)
     ctx = PassContext(seed=seed, budget=run_budget,
                       calibration=(lambda: iter(calib_feeds)) if calib_feeds else None)

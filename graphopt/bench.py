@@ -46,14 +46,22 @@ def time_session(session, feed: dict[str, np.ndarray], runs: int, warmup: int) -
 
 
 def bench_model(model: ir.Model, feed: dict[str, np.ndarray], config: BenchConfig) -> dict[str, dict]:
-    """`{provider: {"p50_ms", "p90_ms" (ENABLE_ALL), "disable_all": {"p50_ms", "p90_ms"}}}`."""
+    """`{provider: {"p50_ms", "p90_ms" (ENABLE_ALL), "disable_all": {"p50_ms", "p90_ms"}}}`.
+
+    A provider that is installed but cannot take this model (missing libraries, unsupported
+    ops) gets `{"error": reason}` instead of numbers; the other providers still run.
+    """
     result = {}
     for provider in config.providers:
         per_level = {}
-        for level in LEVELS:
-            session = create_session(model, provider, level, config.threads)
-            per_level[level] = time_session(session, feed, config.runs, config.warmup)
-            del session
-            return_freed_memory()
+        try:
+            for level in LEVELS:
+                session = create_session(model, provider, level, config.threads)
+                per_level[level] = time_session(session, feed, config.runs, config.warmup)
+                del session
+                return_freed_memory()
+        except Exception as exc:  # noqa: BLE001  (ORT raises several private types)
+            result[provider] = {"error": str(exc).splitlines()[0]}
+            continue
         result[provider] = {**per_level["enable_all"], "disable_all": per_level["disable_all"]}
     return result

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("bench", help="latency on ONNX Runtime execution providers")
     p.add_argument("model")
-    p.add_argument("--providers", default="cpu")
+    p.add_argument("--providers", help="default: every provider this onnxruntime has")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--shape", action="append", default=[])
@@ -60,7 +60,8 @@ def _add_optimize(sub) -> None:
     p.add_argument("--data", help=".npz or directory of .npz: verification data")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS")
     p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE")
-    p.add_argument("--providers", default="cpu", help="for --bench: cpu,cuda,tensorrt,openvino,dml")
+    p.add_argument("--providers", help="for --bench: some of cpu,cuda,tensorrt,openvino,dml "
+                   "(default: every one this onnxruntime has)")
     p.add_argument("--bench", action="store_true", help="benchmark the input and every applied pass")
     p.add_argument("--runs", type=int, default=20, help="timed runs per benchmark")
     p.add_argument("--threads", type=int, default=0)

@@ -57,6 +57,9 @@ def format_bench(result: dict[str, Any]) -> str:
     lines = [f"{result['model']}  ({result['runs']} runs, threads={result['threads'] or 'default'})",
              "provider".ljust(12) + "ENABLE_ALL p50/p90 ms".rjust(24) + "DISABLE_ALL p50/p90 ms".rjust(26)]
     for provider, r in result["results"].items():
+        if "error" in r:
+            lines.append(f"{provider.ljust(12)}failed: {r['error']}")
+            continue
         d = r["disable_all"]
         lines.append(provider.ljust(12) + f"{r['p50_ms']:.3f} / {r['p90_ms']:.3f}".rjust(24)
                      + f"{d['p50_ms']:.3f} / {d['p90_ms']:.3f}".rjust(26))

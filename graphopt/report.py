@@ -51,7 +51,8 @@ def _summary(result: RunResult) -> dict[str, Any]:
     final_bench = next((r.bench for r in reversed(result.passes) if r.bench), None)
     if result.baseline_bench and final_bench:
         summary["speedup_enable_all"] = {
-            p: result.baseline_bench[p]["p50_ms"] / final_bench[p]["p50_ms"] for p in final_bench}
+            p: result.baseline_bench[p]["p50_ms"] / final_bench[p]["p50_ms"] for p in final_bench
+            if "p50_ms" in final_bench[p] and "p50_ms" in result.baseline_bench.get(p, {})}
     if result.final is not None:
         summary["final_verify"] = result.final.summary()
     return summary
@@ -107,7 +108,8 @@ def _mb(n: int) -> str:
 
 
 def _ms(bench: dict | None, provider: str) -> str:
-    return f"{bench[provider]['p50_ms']:.3f}" if bench and provider in bench else "-"
+    entry = (bench or {}).get(provider, {})
+    return f"{entry['p50_ms']:.3f}" if "p50_ms" in entry else ("failed" if "error" in entry else "-")
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -47,3 +47,22 @@ def test_optimize_benchmarks_on_cpu_and_openvino():
     assert set(result.report["bench"]["input"]) == {"cpu", "openvino"}
     final = [p for p in result.report["passes"] if p["applied"]][-1]
     assert final["bench"]["openvino"]["p50_ms"] > 0
+
+
+def test_provider_that_fails_on_the_model_is_recorded_not_fatal(monkeypatch):
+    import graphopt.bench as bench
+    from graphopt.errors import InputError
+
+    real = bench.create_session
+
+    def flaky(model, provider, *args):
+        if provider == "openvino":
+            raise InputError("ONNX Runtime cannot load the model: missing libopenvino.so")
+        return real(model, "cpu", *args)
+
+    monkeypatch.setattr(bench, "create_session", flaky)
+    model = ir.serde.deserialize_model(models.mlp())
+    feed = {"x": np.ones((1, 64), np.float32)}
+    result = bench.bench_model(model, feed, bench.BenchConfig(("cpu", "openvino"), runs=2, warmup=0))
+    assert result["cpu"]["p50_ms"] > 0
+    assert result["openvino"] == {"error": "ONNX Runtime cannot load the model: missing libopenvino.so"}
