@@ -1,0 +1,79 @@
+"""Operator fusion and local simplification, as verified groups of onnxscript rewrite rules.
+
+The algebra each group relies on:
+
+- fuse-bn: BatchNormalization after Conv / ConvTranspose / Gemm with constant parameters,
+  s = γ/√(σ²+ε): W' = W·s (per output channel), B' = (B−μ)·s + β.
+- fuse-conv-affine: Conv followed (or preceded) by a per-channel Mul/Add with constants,
+  (W∗x + B)·a + b = (W·a)∗x + (B·a + b).
+- fuse-pad-conv: a constant zero Pad before Conv folds into the Conv's `pads`.
+- fuse-activations: Relu∘Relu = Relu, Clip∘Clip = Clip(max lo, min hi), Relu∘Clip and
+  Clip∘Relu = Clip with lo ≥ 0; Min/Max with scalar constants = Clip; x·HardSigmoid(x) and
+  the decomposed forms = HardSwish.
+- simplify: no-op Cast/Expand/Transpose/Dropout/Add 0/Sub 0/Mul 1/Div 1 removal, and chains
+  that compose: Transpose∘Transpose (perm composition, identity removed), Reshape∘Reshape,
+  Unsqueeze∘Unsqueeze, Cast∘Cast where the middle type loses nothing, Slice chains.
+- matmul-to-gemm: a 2-D MatMul + bias Add = Gemm (TensorRT prefers MatMul; target-dependent).
+
+Every rewrite computes in float re-association at most, hence `reassoc` tolerance.
+"""
+
+from __future__ import annotations
+
+from onnxscript.rewriter.rules import common as rules
+
+from graphopt.pass_api import Pass, register
+from graphopt.tolerance import Reassoc
+from graphopt.passes.rules import RuleGroup, RuleOptions, rule_pass_run
+
+FUSION_TOLERANCE = Reassoc(rtol=1e-4, atol=1e-5)
+
+GROUPS = {
+    "fuse-bn": RuleGroup.of(
+        conv=rules.fuse_batchnorm_into_conv_rule,
+        conv_transpose=rules.fuse_batchnorm_into_conv_transpose_rule,
+        gemm=rules.fuse_batchnorm_into_gemm_rule),
+    "fuse-conv-affine": RuleGroup.of(
+        conv_then_affine=rules.conv_affine_fusion_rule, affine_then_conv=rules.affine_conv_fusion_rule),
+    "fuse-pad-conv": RuleGroup.of(
+        normalize_pads=rules.normalize_pad_format_conv_rule, pad_into_conv=rules.fuse_pad_into_conv_rule),
+    "fuse-activations": RuleGroup.of(
+        relu_relu=rules.successive_relu_rule, clip_clip=rules.successive_clip_rule,
+        relu_clip=rules.successive_relu_clip_rule, clip_relu=rules.successive_clip_relu_rule,
+        min_min=rules.min_min_rule, max_max=rules.max_max_rule, min_max=rules.min_max_rule,
+        max_min=rules.max_min_rule, hardswish=rules.fuse_hardswish_rules()),
+    "simplify": RuleGroup.of(
+        cast_noop=rules.no_op_cast_rule, expand_noop=rules.no_op_expand_rule,
+        transpose_noop=rules.no_op_transpose_rule, dropout_inference=rules.dropout_inference_rule,
+        dropout_zero=rules.dropout_zero_rule, add_0=rules.add_0_rule, sub_0=rules.sub_0_rule,
+        mul_1=rules.mul_by_1_rule, div_1=rules.div_by_1_rule,
+        transpose_transpose=rules.transpose_transpose_rule, reshape_reshape=rules.reshape_reshape_rule,
+        unsqueeze_unsqueeze=rules.unsqueeze_unsqueeze_rule, cast_cast=rules.cast_cast_rule,
+        squeeze_reshape_1d=rules.squeeze_reshape_1d_rule, collapse_slice=rules.collapse_slice_rule,
+        collapse_slice2=rules.collapse_slice2_rule, slice_split=rules.slice_split_rule),
+    "matmul-to-gemm": RuleGroup.of(
+        matmul_add=rules.matmul_add_to_gemm_rule, transpose_a=rules.transpose_a_matmul_add_to_gemm_rule,
+        transpose_b=rules.transpose_b_matmul_add_to_gemm_rule,
+        transpose_ab=rules.transpose_ab_matmul_add_to_gemm_rule),
+}
+SUMMARIES = {
+    "fuse-bn": "fold BatchNormalization into the preceding Conv / ConvTranspose / Gemm",
+    "fuse-conv-affine": "fold per-channel Mul/Add with constants into an adjacent Conv",
+    "fuse-pad-conv": "fold a constant zero Pad into the following Conv's pads",
+    "fuse-activations": "merge Relu/Clip chains, Min/Max into Clip, decomposed HardSwish",
+    "simplify": "remove no-op Cast/Expand/Transpose/Dropout/+0/*1, collapse Transpose/Reshape/"
+                "Unsqueeze/Cast/Slice chains",
+    "matmul-to-gemm": "2-D MatMul + bias Add into Gemm (not for TensorRT targets)",
+}
+
+
+def _make_pass(pass_name: str) -> type[Pass]:
+    cls = type(pass_name.title().replace("-", ""), (Pass,), {
+        "name": pass_name, "summary": SUMMARIES[pass_name], "Options": RuleOptions,
+        "tolerance": FUSION_TOLERANCE, "__doc__": f"Rule group `{pass_name}` (see module docstring).",
+        "run": rule_pass_run(lambda options, group=GROUPS[pass_name]: group),
+    })
+    return register(cls)
+
+
+FUSION_PASSES = {name: _make_pass(name) for name in GROUPS}

@@ -1,0 +1,119 @@
+"""Running rewrite rules as a verified graphopt pass.
+
+A rule is data: an onnxscript `RewriteRule` (pattern + check + replacement). A `RuleGroup`
+bundles rules with the default-domain opset range they apply to. `apply_rule_group` applies
+each rule to a fixed point (counting applications per rule) and, when debug logging is on,
+replays the rules on a clone under onnxscript's `MatchingTracer` so every rule that never
+fired logs why its best partial match was refused.
+
+Rewrites happen through onnxscript's replacement machinery (`replace_nodes_and_values`),
+which creates new nodes and fresh initializers and leaves shared tensors untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import onnx_ir as ir
+from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
+from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleSet
+
+from graphopt.pass_api import PassContext, PassResult
+
+NO_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class RuleGroup:
+    """Named rules and the default-domain opset range they are valid for."""
+
+    rules: tuple[tuple[str, RewriteRule], ...]
+    min_opset: int = 1
+    max_opset: int = NO_LIMIT
+
+    @classmethod
+    def of(cls, min_opset: int = 1, max_opset: int = NO_LIMIT, **rules) -> RuleGroup:
+        """`RuleGroup.of(name=rule_or_ruleset, ...)`; a rule set contributes name.0, name.1, ..."""
+        items = []
+        for name, rule in rules.items():
+            members = list(rule) if not isinstance(rule, RewriteRule) else [rule]
+            items += [(name if len(members) == 1 else f"{name}.{i}", r) for i, r in enumerate(members)]
+        return cls(tuple(items), min_opset, max_opset)
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    max_rounds: int = 8
+
+    def validate(self) -> None:
+        if self.max_rounds < 1:
+            raise ValueError("max_rounds must be >= 1")
+
+
+def default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    lib = logging.getLogger(logger_name)
+    previous = lib.level
+    lib.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lib.setLevel(previous)
+
+
+def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: PassContext,
+                     max_rounds: int) -> PassResult:
+    """Apply every rule to a fixed point; stats count applications per rule."""
+    opset = default_opset(model)
+    if not group.min_opset <= opset <= group.max_opset:
+        ctx.no_match(pass_name, "model", f"opset {opset} outside [{group.min_opset}, {group.max_opset}]"
+                     + (" (the `opset` pass can raise it)" if opset < group.min_opset else ""))
+        return PassResult(model, False, {"skipped": f"opset {opset}"})
+    counts = {name: 0 for name, _ in group.rules}
+    with _quiet("onnxscript"):
+        for _ in range(max_rounds):
+            changed = 0
+            for name, rule in group.rules:
+                n = RewriteRuleSet([rule]).apply_to_model(model)
+                counts[name] += n
+                changed += n
+            if not changed:
+                break
+    if ctx.logger.isEnabledFor(logging.DEBUG):
+        _log_refusals(pass_name, [(n, r) for n, r in group.rules if counts[n] == 0], model, ctx)
+    applied = {name: n for name, n in counts.items() if n}
+    return PassResult(model, bool(applied), {"rewrites": applied})
+
+
+def _log_refusals(pass_name: str, rules: Sequence[tuple[str, RewriteRule]], model: ir.Model,
+                  ctx: PassContext) -> None:
+    """For rules that never fired: where their best partial match failed, and why."""
+    if not rules:
+        return
+    tracer = MatchingTracer()
+    names = {id(rule): name for name, rule in rules}
+    with _quiet("onnxscript"):
+        RewriteRuleSet([rule for _, rule in rules]).apply_to_model(model.clone(), tracer=tracer)
+    for rule, matches in tracer.best_matches_map.items():
+        for info in matches[:3]:
+            if info.status == MatchStatus.SUCCESS:
+                continue
+            reason = info.match_result.reason or info.status.name.lower().replace("_", " ")
+            ctx.no_match(pass_name, info.root_node.name or info.root_node.op_type,
+                         f"{names.get(id(rule), rule.name)}: {reason}")
+
+
+def rule_pass_run(group_of: Callable[[object], RuleGroup]):
+    """A `run` method for a Pass whose rules come from `group_of(options)`."""
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        return apply_rule_group(self.name, group_of(self.options), model, ctx, self.options.max_rounds)
+
+    return run
