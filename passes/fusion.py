@@ -4,8 +4,8 @@ The algebra each group relies on:
 
 - fuse-bn: BatchNormalization after Conv / ConvTranspose / Gemm with constant parameters,
   s = γ/√(σ²+ε): W' = W·s (per output channel), B' = (B−μ)·s + β.
-- fuse-conv-affine: Conv followed (or preceded) by a per-channel Mul/Add with constants,
-  (W∗x + B)·a + b = (W·a)∗x + (B·a + b).
+- fuse-conv-affine: Conv followed by a per-channel Mul/Add with constants (conv_affine.py),
+  (W∗x + B)·a + b = (W·a)∗x + (B·a + b); a scalar affine before an unpadded Conv (onnxscript).
 - fuse-pad-conv: a constant zero Pad before Conv folds into the Conv's `pads`.
 - fuse-activations: Relu∘Relu = Relu, Clip∘Clip = Clip(max lo, min hi), Relu∘Clip and
   Clip∘Relu = Clip with lo ≥ 0; Min/Max with scalar constants = Clip; x·HardSigmoid(x) and
@@ -24,27 +24,27 @@ from onnxscript.rewriter.rules import common as rules
 
 from graphopt.pass_api import Pass, register
 from graphopt.tolerance import Reassoc
+from graphopt.passes.conv_affine import conv_channel_rules
 from graphopt.passes.rules import RuleGroup, RuleOptions, rule_pass_run
+from graphopt.passes.safe_rules import (clip_then_clip_rule, clip_then_relu_rule, dropout_inference_rule,
+                                        inference_bn_rules, relu_then_clip_rule)
 
 FUSION_TOLERANCE = Reassoc(rtol=1e-4, atol=1e-5)
 
 GROUPS = {
-    "fuse-bn": RuleGroup.of(
-        conv=rules.fuse_batchnorm_into_conv_rule,
-        conv_transpose=rules.fuse_batchnorm_into_conv_transpose_rule,
-        gemm=rules.fuse_batchnorm_into_gemm_rule),
+    "fuse-bn": RuleGroup.of(**inference_bn_rules()),
     "fuse-conv-affine": RuleGroup.of(
-        conv_then_affine=rules.conv_affine_fusion_rule, affine_then_conv=rules.affine_conv_fusion_rule),
+        conv_channel=conv_channel_rules(), affine_then_conv=rules.affine_conv_fusion_rule),
     "fuse-pad-conv": RuleGroup.of(
         normalize_pads=rules.normalize_pad_format_conv_rule, pad_into_conv=rules.fuse_pad_into_conv_rule),
     "fuse-activations": RuleGroup.of(
-        relu_relu=rules.successive_relu_rule, clip_clip=rules.successive_clip_rule,
-        relu_clip=rules.successive_relu_clip_rule, clip_relu=rules.successive_clip_relu_rule,
+        relu_relu=rules.successive_relu_rule, clip_clip=clip_then_clip_rule,
+        relu_clip=relu_then_clip_rule, clip_relu=clip_then_relu_rule,
         min_min=rules.min_min_rule, max_max=rules.max_max_rule, min_max=rules.min_max_rule,
         max_min=rules.max_min_rule, hardswish=rules.fuse_hardswish_rules()),
     "simplify": RuleGroup.of(
         cast_noop=rules.no_op_cast_rule, expand_noop=rules.no_op_expand_rule,
-        transpose_noop=rules.no_op_transpose_rule, dropout_inference=rules.dropout_inference_rule,
+        transpose_noop=rules.no_op_transpose_rule, dropout_inference=dropout_inference_rule,
         dropout_zero=rules.dropout_zero_rule, add_0=rules.add_0_rule, sub_0=rules.sub_0_rule,
         mul_1=rules.mul_by_1_rule, div_1=rules.div_by_1_rule,
         transpose_transpose=rules.transpose_transpose_rule, reshape_reshape=rules.reshape_reshape_rule,

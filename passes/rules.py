@@ -77,19 +77,34 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
                      + (" (the `opset` pass can raise it)" if opset < group.min_opset else ""))
         return PassResult(model, False, {"skipped": f"opset {opset}"})
     counts = {name: 0 for name, _ in group.rules}
+    active = list(group.rules)
     with _quiet("onnxscript"):
         for _ in range(max_rounds):
             changed = 0
-            for name, rule in group.rules:
-                n = RewriteRuleSet([rule]).apply_to_model(model)
+            for name, rule in list(active):
+                model, n = _apply_contained(pass_name, name, rule, model, ctx)
+                if n is None:
+                    active.remove((name, rule))
+                    continue
                 counts[name] += n
                 changed += n
             if not changed:
                 break
     if ctx.logger.isEnabledFor(logging.DEBUG):
-        _log_refusals(pass_name, [(n, r) for n, r in group.rules if counts[n] == 0], model, ctx)
+        _log_refusals(pass_name, [(n, r) for n, r in active if counts[n] == 0], model, ctx)
     applied = {name: n for name, n in counts.items() if n}
     return PassResult(model, bool(applied), {"rewrites": applied})
+
+
+def _apply_contained(pass_name: str, name: str, rule: RewriteRule, model: ir.Model,
+                     ctx: PassContext) -> tuple[ir.Model, int | None]:
+    """Apply one rule; if it raises, return the untouched snapshot and None (rule disabled)."""
+    snapshot = model.clone()
+    try:
+        return model, RewriteRuleSet([rule]).apply_to_model(model)
+    except Exception as exc:  # a library rule bug must not cost the group's other rewrites
+        ctx.no_match(pass_name, "model", f"{name}: rule raised {type(exc).__name__}: {exc}; rule skipped")
+        return snapshot, None
 
 
 def _log_refusals(pass_name: str, rules: Sequence[tuple[str, RewriteRule]], model: ir.Model,

@@ -1,0 +1,164 @@
+"""Extra guards around library rules, and small rules the library lacks.
+
+- BatchNormalization folding is only valid in inference mode: with training_mode=1 the node
+  normalizes with batch statistics (and updates running ones), so W' = W·γ/√(σ²+ε) would be
+  wrong. onnxscript's rules do not check this; these subclasses refuse with a reason.
+- Relu and Clip compose into one Clip (constant scalar bounds): Clip(Relu(x), lo, hi) =
+  Clip(x, max(lo,0), hi) and Relu(Clip(x, lo, hi)) = Clip(x, max(lo,0), max(hi,0)).
+  Clip(Clip(x, a, b), c, d) = Clip(x, max(a,c), min(b,d)) when the intervals overlap.
+  onnxscript 0.7.2's successive Relu/Clip and Clip/Clip rules miss Relu→Clip and crash on it
+  and on Clip→Clip (their bound extraction reads a None const_value).
+- Dropout in inference is the identity: Dropout(x) with no training_mode input (or a constant
+  false one) and an unused mask output is replaced by x (opset >= 12 takes ratio and
+  training_mode as inputs, a form onnxscript's attribute-based rules do not match).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter.rules.common import _fuse_batchnorm as bn
+
+
+class _InferenceModeOnly:
+    def check(self, context, x, inbound_out, batchnorm_out) -> MatchResult:
+        result = super().check(context, x, inbound_out, batchnorm_out)
+        if not result:
+            return result
+        node = batchnorm_out.producer()
+        if node.attributes.get_int("training_mode", 0):
+            return result.fail("BatchNormalization is in training mode (uses batch statistics)")
+        if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
+            return result.fail("BatchNormalization's running-statistics outputs are used")
+        return result
+
+
+def inference_bn_rules() -> dict:
+    rules = {}
+    for key, base in (("conv", bn.FuseBatchNormIntoConv), ("conv_transpose", bn.FuseBatchNormIntoConvTranspose),
+                      ("gemm", bn.FuseBatchNormIntoGemm)):
+        cls = type(f"Inference{base.__name__}", (_InferenceModeOnly, base), {})
+        rules[key] = cls.rule()
+    return rules
+
+
+class DropoutInference(pattern.RewriteRuleClassBase):
+    def pattern(self, op, x):
+        return op.Dropout(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, x, y) -> MatchResult:
+        result = MatchResult()
+        node = y.producer()
+        if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
+            return result.fail("Dropout's mask output is used")
+        training = node.inputs[2] if len(node.inputs) > 2 else None
+        if training is not None:
+            value = training.const_value
+            if value is None or bool(value.numpy()):
+                return result.fail("training_mode is not a constant false")
+        if node.attributes.get_int("training_mode", 0):
+            return result.fail("training_mode attribute is set")
+        return result
+
+    def rewrite(self, op, x, y):
+        return op.Identity(x)
+
+
+dropout_inference_rule = DropoutInference.rule()
+
+
+def _scalar(value) -> float | None:
+    if value is None:
+        return None
+    tensor = value.const_value
+    if tensor is None or tensor.size != 1:
+        return None
+    return float(tensor.numpy().reshape(()))
+
+
+def _clip_bounds(node) -> tuple[float | None, float | None, bool]:
+    """(lo, hi, ok): constant scalar bounds of a Clip (None = unbounded); ok=False if dynamic."""
+    lo_v = node.inputs[1] if len(node.inputs) > 1 else None
+    hi_v = node.inputs[2] if len(node.inputs) > 2 else None
+    lo, hi = _scalar(lo_v), _scalar(hi_v)
+    ok = (lo_v is None or lo is not None) and (hi_v is None or hi is not None)
+    return lo, hi, ok
+
+
+class _ReluClipBase(pattern.RewriteRuleClassBase):
+    """Clip(Relu(x), lo, hi) = Clip(x, max(lo, 0), hi); Relu(Clip(x, lo, hi)) = Clip(x, max(lo, 0), max(hi, 0))."""
+
+    def check(self, context, x, out, **_) -> MatchResult:
+        clip = self._clip_node(out)
+        _, _, ok = _clip_bounds(clip)
+        if not ok:
+            return MatchResult().fail("Clip bounds are not constant scalars")
+        return MatchResult()
+
+    def rewrite(self, op, x, out, **_):
+        lo, hi, _ = _clip_bounds(self._clip_node(out))
+        dtype = x.dtype.numpy() if x.dtype is not None else None
+        new_lo = max(lo if lo is not None else 0.0, 0.0)
+        new_hi = hi if self.clip_outside else (max(hi, 0.0) if hi is not None else None)
+        bounds = [op.initializer(ir.tensor(np.array(new_lo, dtype=dtype)), f"{out.name}_lo")]
+        if new_hi is not None:
+            bounds.append(op.initializer(ir.tensor(np.array(new_hi, dtype=dtype)), f"{out.name}_hi"))
+        return op.Clip(x, *bounds)
+
+
+class ReluThenClip(_ReluClipBase):
+    clip_outside = True
+
+    def pattern(self, op, x):
+        return op.Clip(op.Relu(x), _allow_other_inputs=True, _outputs=["out"])
+
+    def _clip_node(self, out):
+        return out.producer()
+
+
+class ClipThenRelu(_ReluClipBase):
+    clip_outside = False
+
+    def pattern(self, op, x):
+        return op.Relu(op.Clip(x, _allow_other_inputs=True, _outputs=["clip_out"]), _outputs=["out"])
+
+    def _clip_node(self, out):
+        return out.producer().inputs[0].producer()
+
+
+relu_then_clip_rule = ReluThenClip.rule()
+clip_then_relu_rule = ClipThenRelu.rule()
+
+
+class ClipThenClip(pattern.RewriteRuleClassBase):
+    """Clip(Clip(x, a, b), c, d) = Clip(x, max(a, c), min(b, d)) while that interval is non-empty."""
+
+    def pattern(self, op, x):
+        inner = op.Clip(x, _allow_other_inputs=True, _outputs=["inner"])
+        return op.Clip(inner, _allow_other_inputs=True, _outputs=["out"])
+
+    def _bounds(self, inner, out):
+        (a, b, ok1), (c, d, ok2) = _clip_bounds(inner.producer()), _clip_bounds(out.producer())
+        lo = max((v for v in (a, c) if v is not None), default=None)
+        hi = min((v for v in (b, d) if v is not None), default=None)
+        return lo, hi, ok1 and ok2
+
+    def check(self, context, x, inner, out) -> MatchResult:
+        lo, hi, ok = self._bounds(inner, out)
+        if not ok:
+            return MatchResult().fail("Clip bounds are not constant scalars")
+        if lo is not None and hi is not None and lo > hi:
+            return MatchResult().fail("the two Clip intervals do not overlap")
+        return MatchResult()
+
+    def rewrite(self, op, x, inner, out):
+        lo, hi, _ = self._bounds(inner, out)
+        dtype = x.dtype.numpy() if x.dtype is not None else np.float32
+        bound = lambda v, tag: op.initializer(ir.tensor(np.array(v, dtype=dtype)), f"{out.name}_{tag}")  # noqa: E731
+        args = [bound(lo, "lo") if lo is not None else None] + ([bound(hi, "hi")] if hi is not None else [])
+        return op.Clip(x, *args)
+
+
+clip_then_clip_rule = ClipThenClip.rule()
