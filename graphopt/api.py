@@ -26,6 +26,7 @@ from graphopt.recipes import DEFAULT_RECIPE, passes_from_recipe, passes_from_spe
 from graphopt.report import build_report, format_table
 from graphopt.runtime import needs_file, resolve_providers
 from graphopt.tolerance import Budget
+from graphopt.targets import get_target, target_problems
 from graphopt.verify import reference_outputs
 
 SYNTHETIC_FEEDS = 2
@@ -50,12 +51,15 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
              budget: list[str] | dict[str, float] | Budget | None = None,
              verify: str = "each", on_fail: str = "rollback", bench: bool = False,
              providers: list[str] | None = None, bench_runs: int = 20, threads: int = 0,
-             seed: int = 0, progress: Callable[[str], None] | None = None) -> OptimizeResult:
-    """Run a recipe (default `lossless`) or a pass list over a model, verified pass by pass."""
+             seed: int = 0, target: str = "portable",
+             progress: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Run a recipe (default `lossless`, adapted to `target`) or a pass list over a model,
+    verified pass by pass."""
     loaded = load_model(source)
     if output is not None and loaded.path is not None and _same_file(Path(output), loaded.path):
         raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
-    pass_list = _resolve_passes(passes, recipe)
+    profile = get_target(target)
+    pass_list = _resolve_passes(passes, recipe, target)
     run_budget = _as_budget(budget)
     choice = resolve_providers(providers) if bench else None  # default: every available EP
     feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed)
@@ -71,6 +75,7 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
     provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
     report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
                           output_path=str(output) if output else None, providers=provider_info, feeds=data_info)
+    report["target"] = {"name": target, "problems": target_problems(result.model, profile)}
     if output is not None:
         if progress:
             progress(f"saving {output}")
@@ -82,11 +87,11 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
-def _resolve_passes(passes: str | list[Pass] | None, recipe: str | None) -> list[Pass]:
+def _resolve_passes(passes: str | list[Pass] | None, recipe: str | None, target: str) -> list[Pass]:
     if passes is not None and recipe is not None:
         raise InputError("give either --passes or --recipe, not both")
     if passes is None:
-        return passes_from_recipe(recipe or DEFAULT_RECIPE)
+        return passes_from_recipe(recipe or DEFAULT_RECIPE, target)
     return passes_from_spec(passes) if isinstance(passes, str) else list(passes)
 
 

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="ops, params, bytes, MACs, opsets, inputs/outputs")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--target", help="flag what this runtime cannot parse: portable, ort, tensorrt, openvino; "
+                   "exit 1 if anything is flagged")
     p = sub.add_parser("compare", help="numeric comparison of two models, per output")
     p.add_argument("a")
     p.add_argument("b")
@@ -67,6 +69,8 @@ def _add_optimize(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--verify", default="each", choices=["each", "end", "off"])
     p.add_argument("--on-fail", default="rollback", choices=["rollback", "fail", "warn"])
+    p.add_argument("--target", default="portable", help="portable (standard ops only, default), ort "
+                   "(adds ONNX Runtime contrib fusions), tensorrt, openvino")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -80,10 +84,13 @@ def cmd_optimize(args) -> int:
     result = optimize(args.model, args.output, passes=args.passes, recipe=args.recipe, data=args.data,
                       calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
                       on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
-                      bench_runs=args.runs, threads=args.threads, seed=args.seed, progress=progress)
+                      bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,
+                      progress=progress)
     if args.report:
         write_json(result.report, args.report)
     print(result.table)
+    for line in result.report["target"]["problems"]:
+        print(f"target {args.target}: {line}")
     skipped = result.report["environment"]["providers"].get("skipped") or {}
     for name, why in skipped.items():
         print(f"skipped provider {name}: {why}")
@@ -96,9 +103,24 @@ def cmd_inspect(args) -> int:
     from graphopt.model_stats import format_stats, model_stats
     from pathlib import Path
 
-    stats = model_stats(load_path(Path(args.model)))
-    print(json.dumps(stats.to_dict(), indent=2) if args.json else format_stats(stats))
-    return 0
+    model = load_path(Path(args.model))
+    stats = model_stats(model)
+    data = stats.to_dict()
+    problems = None
+    if args.target:
+        from graphopt.targets import get_target, target_problems
+
+        problems = target_problems(model, get_target(args.target))
+        data["target"] = {"name": args.target, "problems": problems}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_stats(stats))
+        if problems is not None:
+            print(f"\ntarget {args.target}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+            for line in problems:
+                print(f"  {line}")
+    return 1 if problems else 0
 
 
 def cmd_compare(args) -> int:

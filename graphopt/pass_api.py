@@ -10,6 +10,7 @@ verification and benchmarking are the manager's job, not the pass's.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -82,6 +83,21 @@ class PassContext:
     def no_match(self, pass_name: str, where: str, reason: str) -> None:
         """Record why a rewrite did not fire (visible with --debug)."""
         self.logger.debug("%s: no match at %s: %s", pass_name, where, reason)
+
+
+@contextlib.contextmanager
+def quiet_libraries(*names: str):
+    """onnx_ir and onnxscript log every skipped candidate at INFO/WARNING; keep that for --debug."""
+    loggers = [logging.getLogger(n) for n in (names or ("onnx_ir", "onnxscript"))]
+    previous = [lg.level for lg in loggers]
+    if not logging.getLogger("graphopt").isEnabledFor(logging.DEBUG):
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, previous):
+            lg.setLevel(level)
 
 
 class Pass(abc.ABC):

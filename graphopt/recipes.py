@@ -17,9 +17,11 @@ else:  # pragma: no cover
 from graphopt.errors import InputError
 from graphopt.options import parse_options
 from graphopt.pass_api import Pass, get_pass
+from graphopt.targets import adapt_recipe, get_target
 
 RECIPES: dict[str, tuple[str, ...]] = {
-    "lossless": ("initializers-not-inputs", "lift-constants", "cleanup", "fold-constants", "cleanup"),
+    "lossless": ("initializers-not-inputs", "lift-constants", "cleanup", "fold-constants", "simplify",
+                 "fuse-bn", "fuse-conv-affine", "fuse-pad-conv", "fuse-activations", "cleanup"),
 }
 DEFAULT_RECIPE = "lossless"
 
@@ -48,10 +50,10 @@ def passes_from_spec(spec: str) -> list[Pass]:
     return [parse_pass_spec(item) for item in split_spec(spec)]
 
 
-def passes_from_recipe(recipe: str) -> list[Pass]:
-    """A built-in recipe name or a TOML file with a `passes` list."""
+def passes_from_recipe(recipe: str, target: str = "portable") -> list[Pass]:
+    """A built-in recipe name (adapted to the deployment target) or a TOML file with `passes`."""
     if recipe in RECIPES:
-        return [parse_pass_spec(item) for item in RECIPES[recipe]]
+        return [parse_pass_spec(item) for item in adapt_recipe(RECIPES[recipe], get_target(target))]
     path = Path(recipe)
     if path.suffix != ".toml":
         raise InputError(f"--recipe '{recipe}': unknown recipe (built-in: {', '.join(RECIPES)}; "

@@ -14,33 +14,18 @@ output (design.md, "Known pitfalls"), so `eliminate-identity` skips those nodes.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from dataclasses import dataclass
 
 import onnx_ir as ir
 from onnx_ir.passes import common as irp
 
 from graphopt.options import NoOptions
-from graphopt.pass_api import Pass, PassContext, PassResult, register
+from graphopt.pass_api import Pass, PassContext, PassResult, quiet_libraries, register
 from graphopt.size import model_size
 
 
-@contextlib.contextmanager
-def _quiet_library_logs():
-    """onnx_ir logs every skipped candidate at WARNING; keep those for --debug only."""
-    lib_logger = logging.getLogger("onnx_ir")
-    previous = lib_logger.level
-    if not logging.getLogger("graphopt").isEnabledFor(logging.DEBUG):
-        lib_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lib_logger.setLevel(previous)
-
-
 def _run_library_pass(lib_pass: ir.passes.PassBase, model: ir.Model) -> bool:
-    with _quiet_library_logs():
+    with quiet_libraries():
         return bool(lib_pass(model).modified)
 
 

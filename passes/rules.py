@@ -12,7 +12,6 @@ which creates new nodes and fresh initializers and leaves shared tensors untouch
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,7 +20,7 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
 from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleSet
 
-from graphopt.pass_api import PassContext, PassResult
+from graphopt.pass_api import PassContext, PassResult, quiet_libraries
 
 NO_LIMIT = 10_000
 
@@ -57,17 +56,6 @@ def default_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    lib = logging.getLogger(logger_name)
-    previous = lib.level
-    lib.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lib.setLevel(previous)
-
-
 def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: PassContext,
                      max_rounds: int) -> PassResult:
     """Apply every rule to a fixed point; stats count applications per rule."""
@@ -78,7 +66,7 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
         return PassResult(model, False, {"skipped": f"opset {opset}"})
     counts = {name: 0 for name, _ in group.rules}
     active = list(group.rules)
-    with _quiet("onnxscript"):
+    with quiet_libraries():
         for _ in range(max_rounds):
             changed = 0
             for name, rule in list(active):
@@ -114,7 +102,7 @@ def _log_refusals(pass_name: str, rules: Sequence[tuple[str, RewriteRule]], mode
         return
     tracer = MatchingTracer()
     names = {id(rule): name for name, rule in rules}
-    with _quiet("onnxscript"):
+    with quiet_libraries():
         RewriteRuleSet([rule for _, rule in rules]).apply_to_model(model.clone(), tracer=tracer)
     for rule, matches in tracer.best_matches_map.items():
         for info in matches[:3]:

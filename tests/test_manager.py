@@ -126,8 +126,9 @@ def test_reassoc_tolerance_scales_with_output():
 def test_report_lists_every_pass_with_verify_and_bench():
     result = optimize(models.build_default(), bench=True, bench_runs=3)
     report = result.report
-    assert [p["name"] for p in report["passes"]] == ["initializers-not-inputs", "lift-constants", "cleanup",
-                                                    "fold-constants", "cleanup"]
+    from graphopt.recipes import RECIPES
+
+    assert tuple(p["name"] for p in report["passes"]) == RECIPES["lossless"]
     applied = [p for p in report["passes"] if p["applied"]]
     assert applied and all(p["verify"]["ok"] and "cpu" in p["bench"] for p in applied)
     assert all(p["bench"]["cpu"]["p50_ms"] > 0 and "disable_all" in p["bench"]["cpu"] for p in applied)

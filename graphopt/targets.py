@@ -1,0 +1,79 @@
+"""Deployment targets: what each runtime parses, and how the lossless recipe adapts to it.
+
+A profile is data: the op domains the runtime accepts, individual ops it accepts from other
+domains, the default-domain opset range it parses, and the passes the target adds to or drops
+from the lossless recipe. Sources: TensorRT 11.x's ONNX opset guide (opset 9..25, standard ops
+plus TensorRT plugins); OpenVINO's ONNX frontend (standard ops, plus the com.microsoft ops it
+has translators for); ONNX Runtime (standard ops plus its com.microsoft contrib ops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from graphopt.errors import InputError
+
+STANDARD = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+OPENVINO_MS_OPS = frozenset({
+    "Attention", "BiasAdd", "BiasGelu", "DequantizeLinear", "DynamicQuantizeMatMul",
+    "EmbedLayerNormalization", "FastGelu", "FusedConv", "FusedGemm", "FusedMatMul", "GatherND",
+    "Gelu", "GroupQueryAttention", "MatMulIntegerToFloat", "MatMulNBits", "MultiHeadAttention", "Pad",
+    "QLinearAdd", "QLinearConcat", "QLinearConv", "QLinearLeakyRelu", "QLinearMul", "QLinearSigmoid",
+    "QLinearSoftmax", "QLinearWhere", "QuantizeLinear", "QuickGelu", "Range", "RotaryEmbedding",
+    "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "Trilu",
+})
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    domains: frozenset[str]
+    extra_ops: frozenset[tuple[str, str]] = frozenset()
+    min_opset: int = 1
+    max_opset: int | None = None  # None: whatever the installed onnx defines
+    add_passes: tuple[str, ...] = ()
+    drop_passes: tuple[str, ...] = ()
+
+
+TARGETS = {
+    "portable": TargetProfile("portable", STANDARD),
+    "ort": TargetProfile("ort", STANDARD | {"com.microsoft"}, add_passes=("ort-fusions",)),
+    "tensorrt": TargetProfile("tensorrt", frozenset({"", "ai.onnx", "trt"}), min_opset=9, max_opset=25,
+                              drop_passes=("matmul-to-gemm",)),
+    "openvino": TargetProfile("openvino", STANDARD | {"org.openvinotoolkit"},
+                              extra_ops=frozenset(("com.microsoft", op) for op in OPENVINO_MS_OPS)),
+}
+
+
+def get_target(name: str) -> TargetProfile:
+    if name not in TARGETS:
+        raise InputError(f"--target: unknown target '{name}' (known: {', '.join(TARGETS)})")
+    return TARGETS[name]
+
+
+def adapt_recipe(items: tuple[str, ...], target: TargetProfile) -> tuple[str, ...]:
+    """The recipe's pass specs with the target's drops removed and additions appended."""
+    kept = tuple(item for item in items if item.split(":", 1)[0] not in target.drop_passes)
+    return kept + tuple(p for p in target.add_passes if p not in kept)
+
+
+def target_problems(model: ir.Model, target: TargetProfile) -> list[str]:
+    """Everything in the model the target runtime cannot take, one line each."""
+    import onnx
+
+    problems = []
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    max_opset = target.max_opset or onnx.defs.onnx_opset_version()
+    if opset is not None and not target.min_opset <= opset <= max_opset:
+        problems.append(f"default-domain opset {opset} outside {target.name}'s {target.min_opset}..{max_opset}")
+    unsupported: dict[tuple[str, str], int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        key = (node.domain, node.op_type)
+        if node.domain not in target.domains and key not in target.extra_ops:
+            unsupported[key] = unsupported.get(key, 0) + 1
+    for (domain, op), count in sorted(unsupported.items()):
+        problems.append(f"{domain}::{op} x{count} is not an op {target.name} parses"
+                        + (" (needs a plugin or custom-op library)" if domain != "com.microsoft" else ""))
+    return problems
