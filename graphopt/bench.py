@@ -65,3 +65,19 @@ def bench_model(model: ir.Model, feed: dict[str, np.ndarray], config: BenchConfi
             continue
         result[provider] = {**per_level["enable_all"], "disable_all": per_level["disable_all"]}
     return result
+
+
+def interleaved_p50(sessions: list, feed: dict[str, np.ndarray], runs: int, block: int = 5,
+                    warmup: int = 3) -> list[float]:
+    """Median ms of each session, timed in alternating blocks so machine noise hits all alike."""
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feed)
+    samples: list[list[float]] = [[] for _ in sessions]
+    while len(samples[0]) < runs:
+        for session, times in zip(sessions, samples):
+            for _ in range(block):
+                start = time.perf_counter()
+                session.run(None, feed)
+                times.append((time.perf_counter() - start) * 1e3)
+    return [float(np.median(times)) for times in samples]

@@ -76,13 +76,15 @@ class PassManager:
         self.feeds = feeds
         self.ctx = ctx or PassContext(budget=config.budget)
         self.progress = progress or (lambda message: None)
-        self.reference: list[Feed] | None = None
+        self.reference: list[Feed] | None = None  # the input model's outputs
+        self.previous: list[Feed] | None = None  # the current model's outputs
         self.known_problems: frozenset[str] = frozenset()
 
     def run(self, model: ir.Model, reference: list[Feed] | None = None) -> RunResult:
         """Run every pass; `reference` = outputs of `model` on the feeds, if already known."""
         if self.config.verify != "off" or self.config.budget.limits:
             self.reference = reference if reference is not None else self._reference(model)
+            self.previous = self.reference
             self.known_problems = frozenset(structural_problems(model))
         # passes edit in place; --verify end replays them from an untouched clone
         original = model.clone() if self.config.verify == "end" else None
@@ -108,7 +110,7 @@ class PassManager:
     def _run_one(self, p: Pass, model: ir.Model, verify: bool) -> tuple[ir.Model, PassRecord]:
         """Run `p` on `model` in place; a clone taken first (tensors shared) is the rollback point."""
         record = PassRecord(p.name, p.describe_options())
-        backup, failure, raised = model.clone(), None, False
+        backup, failure, raised, verdict = model.clone(), None, False, None
         start = time.perf_counter()
         try:
             result = p.run(model, self.ctx)
@@ -120,8 +122,8 @@ class PassManager:
         record.seconds = time.perf_counter() - start
         release_mappings(model)  # a pass that read every weight must not keep them resident
         if result is not None and result.modified and verify:
-            verdict = verify_candidate(result.model, self.feeds, self.reference, p.tolerance,
-                                       self.config.budget, self.known_problems)
+            verdict = verify_candidate(result.model, self.feeds, self.previous, p.tolerance,
+                                       self.config.budget, self.known_problems, self.reference)
             record.verify = verdict.summary()
             failure = None if verdict.ok else "; ".join(verdict.problems)
         record.error = failure
@@ -134,6 +136,8 @@ class PassManager:
             model = result.model
             if result.modified:
                 self.ctx.invalidate(p.preserves)
+                if verify and verdict.outputs is not None:
+                    self.previous = verdict.outputs
         else:
             model = backup
             self.ctx.invalidate(frozenset())
@@ -167,7 +171,7 @@ class PassManager:
 
     def _verify_chain(self, model: ir.Model, chain: list[Pass]) -> Verdict:
         return verify_candidate(model, self.feeds, self.reference, combined_tolerance(chain),
-                                self.config.budget, self.known_problems)
+                                self.config.budget, self.known_problems, self.reference)
 
     def _replay(self, original: ir.Model, chain: list[Pass]) -> ir.Model:
         model = original.clone()
@@ -193,7 +197,7 @@ class PassManager:
         if not self.config.budget.limits:
             return None
         verdict = verify_candidate(model, self.feeds, self.reference, Lossy(self.config.budget),
-                                   self.config.budget, self.known_problems)
+                                   self.config.budget, self.known_problems, self.reference)
         if not verdict.ok:
             lossy = [r.name for p, r in zip(self.passes, records)
                      if r.applied and isinstance(p.tolerance, Lossy)]

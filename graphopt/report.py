@@ -81,9 +81,12 @@ def _json_default(value: Any) -> Any:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """One row per pass (plus the input model): what changed in size, error and speed."""
+    """One row per pass (plus the input model): what changed in size, error and speed.
+
+    max_abs is the pass's own change (vs the model before it); cosine is against the input."""
     providers = list((report.get("bench") or {}).get("input") or {})
-    header = ["pass", "status", "nodes", "MB", "max_abs", "cosine"] + [f"{p} p50 ms" for p in providers] + ["sec"]
+    header = (["pass", "status", "nodes", "MB", "max_abs", "cos vs input"]
+              + [f"{p} p50 ms" for p in providers] + ["sec"])
     before = report["model"]["before"]
     rows = [["(input)", "", str(before["nodes"]), _mb(before["bytes"]), "", ""]
             + [_ms(report["bench"]["input"], p) for p in providers] + [""]]
@@ -91,7 +94,7 @@ def format_table(report: dict[str, Any]) -> str:
         status = "applied" if rec["applied"] else ("ROLLED BACK" if rec["rolled_back"] else "no change")
         verify = rec["verify"] or {}
         rows.append([rec["name"], status, str(rec["size"]["nodes"]), _mb(rec["size"]["bytes"]),
-                     _num(verify.get("max_abs")), _num(verify.get("cosine"), 6)]
+                     _num(verify.get("max_abs")), _num(verify.get("vs_input", {}).get("cosine"), 6)]
                     + [_ms(rec["bench"], p) for p in providers] + [f"{rec['seconds']:.2f}"])
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths))]

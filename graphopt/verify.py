@@ -8,7 +8,7 @@ compare with reference outputs computed once on the input model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -16,34 +16,38 @@ from onnx_ir.passes.common import CheckerPass
 
 from graphopt.metrics import OutputMetrics, compare_outputs
 from graphopt.runtime import run_model
-from graphopt.tolerance import Budget, Tolerance
+from graphopt.tolerance import Budget, Lossy, Tolerance
 
 Feed = dict[str, np.ndarray]
 
 
 @dataclass
 class Verdict:
+    """`metrics`: this pass's change (candidate vs the model before it); `cumulative`: the
+    candidate vs the input model. `outputs`: the candidate's outputs, reused as the next
+    pass's baseline."""
+
     ok: bool
     problems: list[str]
     metrics: dict[str, OutputMetrics]
+    cumulative: dict[str, OutputMetrics] = field(default_factory=dict)
+    outputs: list[Feed] | None = None
 
     def summary(self) -> dict:
         """Worst case over outputs, for the report."""
         if not self.metrics:
             return {"ok": self.ok, "problems": self.problems}
-        ms = list(self.metrics.values())
-        top1 = [m.top1 for m in ms if m.top1 is not None]
-        return {
-            "ok": self.ok,
-            "problems": self.problems,
-            "max_abs": max(m.max_abs for m in ms),
-            "mean_abs": max(m.mean_abs for m in ms),
-            "cosine": min(m.cosine for m in ms),
-            "snr_db": min(m.snr_db for m in ms),
-            "max_ulps": max(m.max_ulps for m in ms),
-            "top1": min(top1) if top1 else None,
-            "outputs": {name: m.to_dict() for name, m in self.metrics.items()},
-        }
+        return {"ok": self.ok, "problems": self.problems, **worst_case(self.metrics),
+                "vs_input": worst_case(self.cumulative or self.metrics),
+                "outputs": {name: m.to_dict() for name, m in self.metrics.items()}}
+
+
+def worst_case(metrics: dict[str, OutputMetrics]) -> dict:
+    ms = list(metrics.values())
+    top1 = [m.top1 for m in ms if m.top1 is not None]
+    return {"max_abs": max(m.max_abs for m in ms), "mean_abs": max(m.mean_abs for m in ms),
+            "cosine": min(m.cosine for m in ms), "snr_db": min(m.snr_db for m in ms),
+            "max_ulps": max(m.max_ulps for m in ms), "top1": min(top1) if top1 else None}
 
 
 def structural_problems(model: ir.Model) -> list[str]:
@@ -91,11 +95,15 @@ def reference_outputs(source, feeds: list[Feed]) -> list[Feed]:
     return run_model(source, feeds)
 
 
-def verify_candidate(model: ir.Model, feeds: list[Feed], reference: list[Feed],
-                     tolerance: Tolerance, budget: Budget, known: frozenset[str] = frozenset()) -> Verdict:
-    """Full check of one candidate against the reference outputs.
+def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], tolerance: Tolerance,
+                     budget: Budget, known: frozenset[str] = frozenset(),
+                     reference: list[Feed] | None = None) -> Verdict:
+    """Full check of one candidate.
 
-    `known` holds structural problems the input model already had; only new ones count.
+    Exact and reassoc tolerances judge the pass's own change (against `previous`, the outputs
+    of the model before it); lossy ones judge the accumulated change against `reference`
+    (the input model's outputs) with the run's budget. `known` holds structural problems
+    the input model already had; only new ones count.
     """
     problems = [p for p in structural_problems(model) if p not in known]
     if problems:
@@ -104,10 +112,11 @@ def verify_candidate(model: ir.Model, feeds: list[Feed], reference: list[Feed],
         outputs = run_model(model, feeds)
     except Exception as exc:
         return Verdict(False, [str(exc)], {})
-    metrics = compare_outputs(reference, outputs)
-    problems = [f"{name}: output shape changed" for name, m in metrics.items() if not m.shape_match]
-    problems += tolerance.violations(metrics, budget)
-    return Verdict(not problems, problems, metrics)
+    delta = compare_outputs(previous, outputs)
+    cumulative = compare_outputs(reference, outputs) if reference is not None else delta
+    problems = [f"{name}: output shape changed" for name, m in delta.items() if not m.shape_match]
+    problems += tolerance.violations(cumulative if isinstance(tolerance, Lossy) else delta, budget)
+    return Verdict(not problems, problems, delta, cumulative, outputs)
 
 
 def _first_line(exc: Exception) -> str:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
 from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleSet
 
+from graphopt.analyses import Shapes
 from graphopt.pass_api import PassContext, PassResult, quiet_libraries
 
 NO_LIMIT = 10_000
@@ -32,15 +34,17 @@ class RuleGroup:
     rules: tuple[tuple[str, RewriteRule], ...]
     min_opset: int = 1
     max_opset: int = NO_LIMIT
+    needs_shapes: bool = False  # run shape inference first (rules that check ranks/shapes)
 
     @classmethod
-    def of(cls, min_opset: int = 1, max_opset: int = NO_LIMIT, **rules) -> RuleGroup:
+    def of(cls, min_opset: int = 1, max_opset: int = NO_LIMIT, needs_shapes: bool = False,
+           **rules) -> RuleGroup:
         """`RuleGroup.of(name=rule_or_ruleset, ...)`; a rule set contributes name.0, name.1, ..."""
         items = []
         for name, rule in rules.items():
             members = list(rule) if not isinstance(rule, RewriteRule) else [rule]
             items += [(name if len(members) == 1 else f"{name}.{i}", r) for i, r in enumerate(members)]
-        return cls(tuple(items), min_opset, max_opset)
+        return cls(tuple(items), min_opset, max_opset, needs_shapes)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
         ctx.no_match(pass_name, "model", f"opset {opset} outside [{group.min_opset}, {group.max_opset}]"
                      + (" (the `opset` pass can raise it)" if opset < group.min_opset else ""))
         return PassResult(model, False, {"skipped": f"opset {opset}"})
+    if group.needs_shapes:
+        ctx.analysis(Shapes, model)
     counts = {name: 0 for name, _ in group.rules}
     active = list(group.rules)
     with quiet_libraries():
@@ -81,6 +87,9 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
     if ctx.logger.isEnabledFor(logging.DEBUG):
         _log_refusals(pass_name, [(n, r) for n, r in active if counts[n] == 0], model, ctx)
     applied = {name: n for name, n in counts.items() if n}
+    if applied:  # rewrites leave the replaced weights behind; drop what nothing reads
+        with quiet_libraries():
+            RemoveUnusedNodesPass()(model)
     return PassResult(model, bool(applied), {"rewrites": applied})
 
 

@@ -1,8 +1,5 @@
 """Extra guards around library rules, and small rules the library lacks.
 
-- BatchNormalization folding is only valid in inference mode: with training_mode=1 the node
-  normalizes with batch statistics (and updates running ones), so W' = W·γ/√(σ²+ε) would be
-  wrong. onnxscript's rules do not check this; these subclasses refuse with a reason.
 - Relu and Clip compose into one Clip (constant scalar bounds): Clip(Relu(x), lo, hi) =
   Clip(x, max(lo,0), hi) and Relu(Clip(x, lo, hi)) = Clip(x, max(lo,0), max(hi,0)).
   Clip(Clip(x, a, b), c, d) = Clip(x, max(a,c), min(b,d)) when the intervals overlap.
@@ -19,29 +16,6 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter.rules.common import _fuse_batchnorm as bn
-
-
-class _InferenceModeOnly:
-    def check(self, context, x, inbound_out, batchnorm_out) -> MatchResult:
-        result = super().check(context, x, inbound_out, batchnorm_out)
-        if not result:
-            return result
-        node = batchnorm_out.producer()
-        if node.attributes.get_int("training_mode", 0):
-            return result.fail("BatchNormalization is in training mode (uses batch statistics)")
-        if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
-            return result.fail("BatchNormalization's running-statistics outputs are used")
-        return result
-
-
-def inference_bn_rules() -> dict:
-    rules = {}
-    for key, base in (("conv", bn.FuseBatchNormIntoConv), ("conv_transpose", bn.FuseBatchNormIntoConvTranspose),
-                      ("gemm", bn.FuseBatchNormIntoGemm)):
-        cls = type(f"Inference{base.__name__}", (_InferenceModeOnly, base), {})
-        rules[key] = cls.rule()
-    return rules
 
 
 class DropoutInference(pattern.RewriteRuleClassBase):
@@ -162,3 +136,43 @@ class ClipThenClip(pattern.RewriteRuleClassBase):
 
 
 clip_then_clip_rule = ClipThenClip.rule()
+
+
+def resolved_reshape(input_dims: tuple[int, ...], target: np.ndarray, allowzero: int) -> tuple[int, ...] | None:
+    """The output shape of Reshape(input, target) by the ONNX rules (0 copies, -1 infers)."""
+    dims = [int(d) for d in target.reshape(-1)]
+    out = [input_dims[i] if d == 0 and not allowzero and i < len(input_dims) else d for i, d in enumerate(dims)]
+    if out.count(-1) > 1:
+        return None
+    if -1 in out:
+        known = int(np.prod([d for d in out if d != -1]))
+        total = int(np.prod(input_dims))
+        if known == 0 or total % known:
+            return None
+        out[out.index(-1)] = total // known
+    return tuple(out)
+
+
+class ReshapeNoop(pattern.RewriteRuleClassBase):
+    """Reshape(x, s) where s resolves to x's own static shape is the identity."""
+
+    def pattern(self, op, x, shape):
+        return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, x, shape, out) -> MatchResult:
+        result = MatchResult()
+        if x.shape is None or not x.shape.is_static():
+            return result.fail("input shape is not static")
+        if shape.const_value is None:
+            return result.fail("target shape is not constant")
+        dims = tuple(int(d) for d in x.shape.numpy())
+        allowzero = out.producer().attributes.get_int("allowzero", 0)
+        if resolved_reshape(dims, shape.const_value.numpy(), allowzero) != dims:
+            return result.fail("Reshape changes the shape")
+        return result
+
+    def rewrite(self, op, x, shape, out):
+        return op.Identity(x)
+
+
+reshape_noop_rule = ReshapeNoop.rule()

@@ -134,3 +134,21 @@ def test_report_lists_every_pass_with_verify_and_bench():
     assert all(p["bench"]["cpu"]["p50_ms"] > 0 and "disable_all" in p["bench"]["cpu"] for p in applied)
     assert report["model"]["after"]["nodes"] < report["model"]["before"]["nodes"]
     assert report["bench"]["input"]["cpu"]["runs"] == 3
+
+
+def test_exact_pass_is_judged_on_its_own_change_not_inherited_error():
+    """After a pass that moved outputs within its tolerance, an exact pass must not be blamed."""
+    result = optimize(models.redundant_model(), passes=[ScaleOutput(1e-4), *passes_from_spec_("cleanup")],
+                      budget=["cosine=0.99"])
+    records = {r["name"]: r for r in result.report["passes"]}
+    assert records["scale-output"]["applied"]
+    assert records["cleanup"]["applied"] and records["cleanup"]["verify"]["max_ulps"] == 0
+    assert not any(r["rolled_back"] for r in records.values())
+    scaled = records["scale-output"]["verify"]
+    assert scaled["max_abs"] > 0 and scaled["vs_input"]["max_abs"] == scaled["max_abs"]
+
+
+def passes_from_spec_(spec):
+    from graphopt.recipes import passes_from_spec
+
+    return passes_from_spec(spec)

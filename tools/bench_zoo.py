@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from graphopt import optimize  # noqa: E402
+from graphopt.bench import interleaved_p50  # noqa: E402
 from graphopt.runtime import create_session  # noqa: E402
 from models.zoo import light_model_paths, load_case  # noqa: E402
 
@@ -30,17 +31,8 @@ from models.zoo import light_model_paths, load_case  # noqa: E402
 def interleaved_medians(path_a: Path, path_b: Path, feed, runs: int, threads: int) -> tuple[float, float]:
     """Median ms of two models at ENABLE_ALL, timed alternately in blocks of 5."""
     sessions = [create_session(p, "cpu", "enable_all", threads) for p in (path_a, path_b)]
-    samples: list[list[float]] = [[], []]
-    for s in sessions:
-        for _ in range(3):
-            s.run(None, feed)
-    while len(samples[0]) < runs:
-        for i, s in enumerate(sessions):
-            for _ in range(5):
-                start = time.perf_counter()
-                s.run(None, feed)
-                samples[i].append((time.perf_counter() - start) * 1e3)
-    return float(np.median(samples[0])), float(np.median(samples[1]))
+    a, b = interleaved_p50(sessions, feed, runs)
+    return a, b
 
 
 def main() -> None:

@@ -131,15 +131,30 @@ def test_graph_output_inside_pattern_is_left_alone(caplog):
     assert [v.name for v in model.graph.outputs] == ["y", "c"]
 
 
-def test_shared_weight_is_left_alone(caplog):
+def test_shared_weight_gets_a_new_tensor_and_the_other_user_keeps_the_old():
     proto = conv_bn()
     proto.graph.node.append(helper.make_node("Conv", ["x", "w", "b"], ["z"], pads=[1, 1, 1, 1]))
     proto.graph.output.append(_vi("z", OUT))
     before = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "w")).copy()
-    model, log = _refused(proto, caplog)
-    assert ops(model)["BatchNormalization"] == 1
-    assert "Initializer 'w' is used by another node" in log
+    model, _ = apply("fuse-bn", proto)
+    assert ops(model) == Counter({"Conv": 2})
     np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), before)
+    assert_close(proto, model, _feed([1, 4, 6, 6]))
+
+
+@pytest.mark.parametrize("rank, fused", [(2, True), (3, False)])
+def test_bn_after_matmul_folds_only_for_2d(rank, fused, caplog):
+    x_shape = [3, 6] if rank == 2 else [3, 6, 6]
+    inits = [_init("w", [6, 6])] + _bn_inits(6)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"])]
+    proto = _model(nodes, [_vi("x", x_shape)], [_vi("y", x_shape)], inits)
+    with caplog.at_level("DEBUG", logger="graphopt"):
+        model, _ = apply("fuse-bn", proto)
+    assert (ops(model)["BatchNormalization"] == 0) == fused
+    if not fused:
+        assert "only for a 2-D product" in caplog.text
+    assert_close(proto, model, _feed(x_shape))
 
 
 @pytest.mark.parametrize("scale, offset, order", [
@@ -283,3 +298,22 @@ def test_crashing_library_rule_is_contained(caplog, monkeypatch):
         model, stats = apply("fuse-activations", proto)
     assert stats["rewrites"] == {"relu_relu": 1}
     assert "boom: rule raised" in caplog.text
+
+
+@pytest.mark.parametrize("target, noop", [("{3, 3}", True), ("{0, -1}", True), ("{-1, 3}", True),
+                                          ("{9}", False), ("{1, 9}", False)])
+def test_reshape_to_own_shape_is_removed(target, noop):
+    rank = target.count(",") + 1
+    proto = parse("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[3, 3] x) => (float[3, 3] y) <int64[%d] s = %s, int64[2] back = {3, 3}> {
+        e = Exp(x)
+        r = Reshape(e, s)
+        t = Relu(r)
+        y = Reshape(t, back)
+    }""" % (rank, target))
+    model = ir.serde.deserialize_model(proto)
+    for name in ("simplify", "eliminate-identity"):
+        model = get_pass(name)().run(model, PassContext()).model
+    assert ops(model)["Reshape"] == (0 if noop else 2)
+    assert_close(proto, model, _feed([3, 3]))
