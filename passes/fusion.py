@@ -10,7 +10,7 @@ The algebra each group relies on:
 - fuse-activations: Relu∘Relu = Relu, Clip∘Clip = Clip(max lo, min hi), Relu∘Clip and
   Clip∘Relu = Clip with lo ≥ 0; Min/Max with scalar constants = Clip; x·HardSigmoid(x) and
   the decomposed forms = HardSwish.
-- simplify: no-op Reshape/Cast/Expand/Transpose/Dropout/Add 0/Sub 0/Mul 1/Div 1 removal, and chains
+- simplify: no-op Reshape/Pad/Cast/Expand/Transpose/Dropout/Add 0/Sub 0/Mul 1/Div 1 removal, and chains
   that compose: Transpose∘Transpose (perm composition, identity removed), Reshape∘Reshape,
   Unsqueeze∘Unsqueeze, Cast∘Cast where the middle type loses nothing, Slice chains.
 - matmul-to-gemm: a 2-D MatMul + bias Add = Gemm (TensorRT prefers MatMul; target-dependent).
@@ -28,7 +28,7 @@ from graphopt.passes.conv_affine import conv_channel_rules
 from graphopt.passes.rules import RuleGroup, RuleOptions, rule_pass_run
 from graphopt.passes.bn_fold import bn_fold_rules
 from graphopt.passes.safe_rules import (clip_then_clip_rule, clip_then_relu_rule, dropout_inference_rule,
-                                        relu_then_clip_rule, reshape_noop_rule)
+                                        pad_noop_rule, relu_then_clip_rule, reshape_noop_rule)
 
 FUSION_TOLERANCE = Reassoc(rtol=1e-4, atol=1e-5)
 
@@ -44,7 +44,7 @@ GROUPS = {
         min_min=rules.min_min_rule, max_max=rules.max_max_rule, min_max=rules.min_max_rule,
         max_min=rules.max_min_rule, hardswish=rules.fuse_hardswish_rules()),
     "simplify": RuleGroup.of(
-        needs_shapes=True, reshape_noop=reshape_noop_rule, cast_noop=rules.no_op_cast_rule, expand_noop=rules.no_op_expand_rule,
+        needs_shapes=True, reshape_noop=reshape_noop_rule, pad_noop=pad_noop_rule, cast_noop=rules.no_op_cast_rule, expand_noop=rules.no_op_expand_rule,
         transpose_noop=rules.no_op_transpose_rule, dropout_inference=dropout_inference_rule,
         dropout_zero=rules.dropout_zero_rule, add_0=rules.add_0_rule, sub_0=rules.sub_0_rule,
         mul_1=rules.mul_by_1_rule, div_1=rules.div_by_1_rule,

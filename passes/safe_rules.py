@@ -176,3 +176,23 @@ class ReshapeNoop(pattern.RewriteRuleClassBase):
 
 
 reshape_noop_rule = ReshapeNoop.rule()
+
+
+class PadNoop(pattern.RewriteRuleClassBase):
+    """Pad with constant all-zero pads is the identity (whatever the mode and fill value)."""
+
+    def pattern(self, op, x, pads):
+        return op.Pad(x, pads, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, x, pads, out) -> MatchResult:
+        if pads.const_value is None:
+            return MatchResult().fail("pads are not constant")
+        if np.any(pads.const_value.numpy() != 0):
+            return MatchResult().fail("Pad adds padding")
+        return MatchResult()
+
+    def rewrite(self, op, x, pads, out):
+        return op.Identity(x)
+
+
+pad_noop_rule = PadNoop.rule()

@@ -190,11 +190,15 @@ def test_conv_affine_and_pad_fusions(scale, offset, order):
      {"Exp": 1, "Relu": 1}),
     ("t = Cast <to = 1> (x)\n y = Relu(t)", {"Relu": 1}),
     ("d = Dropout(x)\n y = Relu(d)", {"Relu": 1}),
+    ("p = Pad(x, zeros)\n y = Relu(p)", {"Relu": 1}),
+    ("p = Pad(x, ones)\n y = Slice(p, starts, fours)", {"Pad": 1, "Slice": 1}),
 ])
 def test_activation_and_simplify_rules(body, expected):
     proto = parse("""
     <ir_version: 9, opset_import: ["" : 17]>
-    g (float[3, 3] x) => (float[3, 3] y) <float lo = {-0.5}, float hi = {0.5}, float lo2 = {-0.2}, float hi2 = {0.8}> {
+    g (float[3, 3] x) => (float[3, 3] y) <float lo = {-0.5}, float hi = {0.5}, float lo2 = {-0.2}, float hi2 = {0.8},
+        int64[4] zeros = {0, 0, 0, 0}, int64[4] ones = {1, 1, 1, 1}, int64[2] starts = {1, 1},
+        int64[2] fours = {4, 4}> {
         %s
     }""" % body)
     model = ir.serde.deserialize_model(proto)
@@ -317,3 +321,14 @@ def test_reshape_to_own_shape_is_removed(target, noop):
         model = get_pass(name)().run(model, PassContext()).model
     assert ops(model)["Reshape"] == (0 if noop else 2)
     assert_close(proto, model, _feed([3, 3]))
+
+
+def test_lossless_recipe_keeps_symbolic_dims():
+    import models
+
+    proto = models.dynamic_batch_mlp()
+    name = proto.graph.input[0].name
+    result = optimize(proto, shapes={name: tuple(d.dim_value or 2 for d in proto.graph.input[0].type.tensor_type.shape.dim)})
+    assert not result.report["summary"]["passes_rolled_back"]
+    for value in (result.model.graph.input[0], result.model.graph.output[0]):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
