@@ -21,8 +21,12 @@ from graphopt.targets import adapt_recipe, get_target
 
 RECIPES: dict[str, tuple[str, ...]] = {
     "lossless": ("initializers-not-inputs", "lift-constants", "cleanup", "fold-constants", "simplify",
-                 "fuse-bn", "fuse-conv-affine", "fuse-pad-conv", "fuse-activations", "cleanup"),
+                 "fuse-bn", "fuse-conv-affine", "fuse-pad-conv", "fuse-activations", "fuse-layernorm",
+                 "fuse-rmsnorm", "fuse-gelu", "cleanup"),
 }
+# `modern`: the lossless recipe after raising the opset to 20, so exports from older opsets
+# get the standard Gelu (opset 20) as well; the opset pass never lowers an opset.
+RECIPES["modern"] = ("opset:target=20", *RECIPES["lossless"])
 DEFAULT_RECIPE = "lossless"
 
 

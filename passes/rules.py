@@ -3,8 +3,9 @@
 A rule is data: an onnxscript `RewriteRule` (pattern + check + replacement). A `RuleGroup`
 bundles rules with the default-domain opset range they apply to. `apply_rule_group` applies
 each rule to a fixed point (counting applications per rule) and, when debug logging is on,
-replays the rules on a clone under onnxscript's `MatchingTracer` so every rule that never
-fired logs why its best partial match was refused.
+replays the rules on a clone under onnxscript's `MatchingTracer` so each rule logs why its
+best remaining partial match was refused. A rule that raises is dropped and the group
+restarts from a snapshot taken before it (one clone per pass, shared tensors).
 
 Rewrites happen through onnxscript's replacement machinery (`replace_nodes_and_values`),
 which creates new nodes and fresh initializers and leaves shared tensors untouched.
@@ -70,22 +71,18 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
         return PassResult(model, False, {"skipped": f"opset {opset}"})
     if group.needs_shapes:
         ctx.analysis(Shapes, model)
-    counts = {name: 0 for name, _ in group.rules}
+    snapshot = model.clone()  # restart point if a library rule raises mid-rewrite
     active = list(group.rules)
-    with quiet_libraries():
-        for _ in range(max_rounds):
-            changed = 0
-            for name, rule in list(active):
-                model, n = _apply_contained(pass_name, name, rule, model, ctx)
-                if n is None:
-                    active.remove((name, rule))
-                    continue
-                counts[name] += n
-                changed += n
-            if not changed:
-                break
+    while True:
+        try:
+            counts = _apply_to_fixed_point(model, active, max_rounds)
+            break
+        except _RuleRaised as failure:
+            ctx.no_match(pass_name, "model", f"{failure.name}: rule raised {failure.error}; rule skipped")
+            active = [(n, r) for n, r in active if n != failure.name]
+            model = snapshot.clone()
     if ctx.logger.isEnabledFor(logging.DEBUG):
-        _log_refusals(pass_name, [(n, r) for n, r in active if counts[n] == 0], model, ctx)
+        _log_refusals(pass_name, active, model, ctx)
     applied = {name: n for name, n in counts.items() if n}
     if applied:  # rewrites leave the replaced weights behind; drop what nothing reads
         with quiet_libraries():
@@ -93,20 +90,34 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
     return PassResult(model, bool(applied), {"rewrites": applied})
 
 
-def _apply_contained(pass_name: str, name: str, rule: RewriteRule, model: ir.Model,
-                     ctx: PassContext) -> tuple[ir.Model, int | None]:
-    """Apply one rule; if it raises, return the untouched snapshot and None (rule disabled)."""
-    snapshot = model.clone()
-    try:
-        return model, RewriteRuleSet([rule]).apply_to_model(model)
-    except Exception as exc:  # a library rule bug must not cost the group's other rewrites
-        ctx.no_match(pass_name, "model", f"{name}: rule raised {type(exc).__name__}: {exc}; rule skipped")
-        return snapshot, None
+class _RuleRaised(Exception):
+    def __init__(self, name: str, exc: Exception):
+        super().__init__(name)
+        self.name, self.error = name, f"{type(exc).__name__}: {exc}"
+
+
+def _apply_to_fixed_point(model: ir.Model, rules: list[tuple[str, RewriteRule]], max_rounds: int) -> dict[str, int]:
+    """Apply each rule in turn until a round changes nothing; count applications per rule."""
+    counts = {name: 0 for name, _ in rules}
+    with quiet_libraries():
+        for _ in range(max_rounds):
+            changed = 0
+            for name, rule in rules:
+                try:
+                    n = RewriteRuleSet([rule]).apply_to_model(model)
+                except Exception as exc:  # a library rule bug must not cost the group's other rewrites
+                    raise _RuleRaised(name, exc) from exc
+                counts[name] += n
+                changed += n
+            if not changed:
+                break
+    return counts
 
 
 def _log_refusals(pass_name: str, rules: Sequence[tuple[str, RewriteRule]], model: ir.Model,
                   ctx: PassContext) -> None:
-    """For rules that never fired: where their best partial match failed, and why."""
+    """Where each rule's best remaining partial match failed, and why (after rewriting, what
+    is left unmatched is what was refused)."""
     if not rules:
         return
     tracer = MatchingTracer()
