@@ -1,6 +1,7 @@
-"""graphopt `lossless` vs onnxsim, onnxslim and onnxoptimizer on the same models, in one run.
+"""graphopt (`lossless`; `modern` = opset 20 first; `--target ort` = with ONNX Runtime contrib
+fusions) vs onnxsim, onnxslim and onnxoptimizer on the same models, in one run.
 
-Per model and tool: node count, file size, max abs error vs the input model on the same feed
+Per model and tool: node count, contrib (non-standard-domain) nodes, file size, max abs error vs the input model on the same feed
 (ORT CPU, graph optimizations off), whether output shapes are unchanged, the tool's wall time,
 and ORT CPU latency at ORT_ENABLE_ALL with 1 and 2 threads: median of `--runs` runs, all
 variants of a model timed in alternating blocks so machine noise hits each alike.
@@ -53,11 +54,17 @@ class Row:
     max_abs: float = float("nan")
     shapes_ok: bool = True
     ms: dict[int, float] = field(default_factory=dict)
+    contrib: int = 0  # nodes outside the standard ONNX domains (TensorRT/OpenVINO may refuse)
+
+
+GRAPHOPT_VARIANTS = {"graphopt": ["--recipe", "lossless"], "graphopt-modern": ["--recipe", "modern"],
+                     "graphopt-ort": ["--target", "ort"]}
 
 
 def run_tool(tool: str, src: Path, out: Path, data: Path, timeout: int) -> Row:
-    if tool == "graphopt":
-        argv = [sys.executable, "-c", GRAPHOPT, "optimize", str(src), "-o", str(out), "--quiet", "--data", str(data)]
+    if tool in GRAPHOPT_VARIANTS:
+        argv = [sys.executable, "-c", GRAPHOPT, "optimize", str(src), "-o", str(out), "--quiet", "--data",
+                str(data), *GRAPHOPT_VARIANTS[tool]]
     else:
         argv = [sys.executable, "-c", PEERS[tool], str(src), str(out)]
     start = time.perf_counter()
@@ -77,6 +84,7 @@ def run_tool(tool: str, src: Path, out: Path, data: Path, timeout: int) -> Row:
 def measure(row: Row, ref: list[np.ndarray], feed: dict) -> None:
     model = onnx.load(str(row.path), load_external_data=False)
     row.nodes = len(model.graph.node)
+    row.contrib = sum(1 for n in model.graph.node if n.domain not in ("", "ai.onnx", "ai.onnx.ml"))
     row.kb = sum(p.stat().st_size for p in row.path.parent.glob(row.path.name + "*")) / 1e3
     try:
         got = create_session(row.path).run(None, feed)
@@ -93,7 +101,7 @@ def compare_case(case: ModelCase, tmp: Path, runs: int, timeout: int) -> list[Ro
     np.savez(data, **case.feed)
     ref = create_session(case.path).run(None, case.feed)
     rows = [Row("input", path=case.path)]
-    for tool in ["graphopt", *PEERS]:
+    for tool in [*GRAPHOPT_VARIANTS, *PEERS]:
         out_dir = tmp / f"{case.name}-{tool}"
         out_dir.mkdir()
         rows.append(run_tool(tool, case.path, out_dir / "model.onnx", data, timeout))
@@ -110,13 +118,15 @@ def compare_case(case: ModelCase, tmp: Path, runs: int, timeout: int) -> list[Ro
 
 def print_case(case: ModelCase, rows: list[Row]) -> None:
     print(f"\n{case.name}  ({case.description})")
-    print(f"{'tool':14} {'nodes':>6} {'KB':>9} {'max_abs':>9} {'shapes':>6} {'1T ms':>8} {'2T ms':>8} {'tool s':>7}")
+    print(f"{'tool':16} {'nodes':>6} {'contrib':>7} {'KB':>9} {'max_abs':>9} {'shapes':>7} {'1T ms':>8} "
+          f"{'2T ms':>8} {'tool s':>7}")
     for r in rows:
         if r.error:
-            print(f"{r.tool:14} {r.error}")
+            print(f"{r.tool:16} {r.error}")
             continue
-        print(f"{r.tool:14} {r.nodes:6d} {r.kb:9.0f} {r.max_abs:9.2g} {'same' if r.shapes_ok else 'CHANGED':>6} "
-              f"{r.ms.get(1, float('nan')):8.2f} {r.ms.get(2, float('nan')):8.2f} {r.seconds:7.1f}")
+        print(f"{r.tool:16} {r.nodes:6d} {r.contrib:7d} {r.kb:9.0f} {r.max_abs:9.2g} "
+              f"{'same' if r.shapes_ok else 'CHANGED':>7} {r.ms.get(1, float('nan')):8.2f} "
+              f"{r.ms.get(2, float('nan')):8.2f} {r.seconds:7.1f}")
 
 
 def main() -> None:
