@@ -55,7 +55,7 @@ def _real(tmp: Path) -> list[ModelCase]:
         print(f"note: MiniLM unavailable: {exc}")
     try:
         for kind, path in real.ppocr_models().items():
-            cases.append(ModelCase(f"ppocr-{kind}", path, real.ppocr_inputs(kind, 1)[0],
+            cases.append(ModelCase(f"ppocr-{kind}", path, real.ppocr_inputs(kind, 1),
                                    f"PP-OCR {kind} from rapidocr-onnxruntime"))
     except Exception as exc:  # noqa: BLE001
         print(f"note: PP-OCR unavailable: {exc}")
