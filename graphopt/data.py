@@ -33,10 +33,17 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
             continue
         if value.dtype is None:
             raise InputError(f"input '{value.name}' has no tensor type; graphopt handles tensor inputs only")
-        dims = tuple(d if isinstance(d, int) else (str(d) if d is not None else None)
-                     for d in value.shape.dims) if value.shape is not None else None
+        dims = tuple(_spec_dim(d) for d in value.shape.dims) if value.shape is not None else None
         specs.append(InputSpec(value.name, value.dtype.numpy(), dims))
     return specs
+
+
+def _spec_dim(dim) -> int | str | None:
+    """A static size, a symbolic name, or None (unknown). Some exporters (Paddle) write -1 for
+    a dynamic dimension; that is unknown, not a size."""
+    if isinstance(dim, int):
+        return dim if dim >= 0 else None
+    return dim.value if dim is not None and dim.value is not None else None
 
 
 def parse_shapes(items: list[str], specs: list[InputSpec]) -> dict[str, tuple[int, ...]]:
@@ -194,7 +201,7 @@ def validate_feed(feed: Feed, specs: list[InputSpec], where: str) -> None:
 
 
 def _fmt(shape: tuple) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def split_holdout(feeds: list[Feed], fraction: float = 0.25) -> tuple[list[Feed], list[Feed]]:

@@ -102,3 +102,13 @@ def test_initializers_listed_as_inputs_are_not_fed():
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(4, np.float32), "w"))
     model = ir.serde.deserialize_model(proto)
     assert [s.name for s in input_specs(model)] == ["x"]
+
+
+def test_negative_dims_are_dynamic_not_sizes(tmp_path):
+    """Paddle exports write -1 for a dynamic dimension (PP-OCR's cls input is [-1, 3, ?, ?])."""
+    model = ir.serde.deserialize_model(parse(ADD_RELU))
+    model.graph.inputs[0].shape = ir.Shape([-1, 4])
+    assert input_specs(model)[0].shape == (None, 4)
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 5, 4), np.float32))
+    assert load_feeds(tmp_path / "d.npz", model)[0]["x"].shape == (5, 4)
+    assert synthesize_feeds(model, 1)[0]["x"].shape == (1, 4)
