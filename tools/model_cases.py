@@ -48,9 +48,11 @@ def _real(tmp: Path) -> list[ModelCase]:
         return []
     cases = []
     try:
-        path = real.minilm_onnx(tmp / "minilm.onnx")
         feed = real.minilm_tokenize(real.MINILM_SENTENCES[48:49])
-        cases.append(ModelCase("minilm", path, feed, "all-MiniLM-L6-v2, torch 2.13 export, 1 sentence"))
+        for exporter in ("dynamo", "classic"):
+            path = real.minilm_onnx(tmp / f"minilm-{exporter}.onnx", exporter=exporter)
+            name = "minilm" if exporter == "dynamo" else "minilm-classic"
+            cases.append(ModelCase(name, path, feed, f"all-MiniLM-L6-v2, torch 2.13 {exporter} export, 1 sentence"))
     except Exception as exc:  # noqa: BLE001
         print(f"note: MiniLM unavailable: {exc}")
     try:
