@@ -5,6 +5,10 @@ replaced by its result, y = f(c1, ..., cn) ⇒ y := const; shape ops on static s
 the same way. Results match ONNX Runtime's kernels up to float re-association, hence the
 `reassoc` tolerance.
 
+onnxscript writes small folded values as Constant nodes with `value_ints`/`value_floats`
+attributes, which only exist from opset 12 (PP-OCR's cls model is opset 11), so folded
+values are lifted to initializers afterwards.
+
 Folding must never blow up the file: a generator op (ConstantOfShape, Expand, Tile, Range)
 turns a few bytes into a large tensor, so it folds only when its output has at most
 `generator_limit` elements; any other op folds when its inputs are at most
@@ -17,9 +21,10 @@ import math
 from dataclasses import dataclass
 
 import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
 from onnxscript.optimizer._constant_folding import FoldConstantsPass
 
-from graphopt.pass_api import Pass, PassContext, PassResult, register
+from graphopt.pass_api import Pass, PassContext, PassResult, quiet_libraries, register
 from graphopt.size import model_size
 from graphopt.tolerance import Reassoc
 
@@ -79,10 +84,15 @@ class FoldConstants(Pass):
         for rounds in range(1, opts.max_iterations + 1):
             folder = FoldConstantsPass(shape_inference=True, input_size_limit=opts.input_size_limit,
                                        output_size_limit=opts.output_size_limit, should_fold=should_fold)
-            changed = folder(model).modified
+            with quiet_libraries():
+                changed = folder(model).modified
             modified |= changed
             if not changed:
                 break
+        if modified:  # folded values as initializers: valid in every opset, unlike value_ints
+            with quiet_libraries():
+                LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+                RemoveUnusedNodesPass()(model)  # inputs that folding made dead
         after = model_size(model)
         return PassResult(model, modified, {"rounds": rounds, "nodes_removed": before.nodes - after.nodes,
                                             "bytes_added": after.bytes - before.bytes})

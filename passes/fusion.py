@@ -39,6 +39,7 @@ GROUPS = {
     "fuse-pad-conv": RuleGroup.of(
         normalize_pads=rules.normalize_pad_format_conv_rule, pad_into_conv=rules.fuse_pad_into_conv_rule),
     "fuse-activations": RuleGroup.of(
+        rule_min_opsets={"hardswish": 14},  # HardSwish exists from opset 14
         relu_relu=rules.successive_relu_rule, clip_clip=clip_then_clip_rule,
         relu_clip=relu_then_clip_rule, clip_relu=clip_then_relu_rule,
         min_min=rules.min_min_rule, max_max=rules.max_max_rule, min_max=rules.min_max_rule,

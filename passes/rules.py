@@ -36,16 +36,25 @@ class RuleGroup:
     min_opset: int = 1
     max_opset: int = NO_LIMIT
     needs_shapes: bool = False  # run shape inference first (rules that check ranks/shapes)
+    rule_min_opsets: tuple[tuple[str, int], ...] = ()  # rules that emit ops newer than the group's
 
     @classmethod
     def of(cls, min_opset: int = 1, max_opset: int = NO_LIMIT, needs_shapes: bool = False,
-           **rules) -> RuleGroup:
-        """`RuleGroup.of(name=rule_or_ruleset, ...)`; a rule set contributes name.0, name.1, ..."""
+           rule_min_opsets: dict[str, int] | None = None, **rules) -> RuleGroup:
+        """`RuleGroup.of(name=rule_or_ruleset, ...)`; a rule set contributes name.0, name.1, ...
+        `rule_min_opsets={"name": 14}` gates one rule (or rule set) by the model's opset."""
         items = []
         for name, rule in rules.items():
             members = list(rule) if not isinstance(rule, RewriteRule) else [rule]
             items += [(name if len(members) == 1 else f"{name}.{i}", r) for i, r in enumerate(members)]
-        return cls(tuple(items), min_opset, max_opset, needs_shapes)
+        return cls(tuple(items), min_opset, max_opset, needs_shapes, tuple((rule_min_opsets or {}).items()))
+
+    def rules_for(self, opset: int) -> tuple[list[tuple[str, RewriteRule]], dict[str, int]]:
+        """(rules valid at this opset, {gated rule name: opset it needs})."""
+        gates = dict(self.rule_min_opsets)
+        needed = {name: gates[name.split(".")[0]] for name, _ in self.rules
+                  if gates.get(name.split(".")[0], 0) > opset}
+        return [(n, r) for n, r in self.rules if n not in needed], needed
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,10 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
     if group.needs_shapes:
         ctx.analysis(Shapes, model)
     snapshot = model.clone()  # restart point if a library rule raises mid-rewrite
-    active = list(group.rules)
+    active, gated = group.rules_for(opset)
+    for name in sorted({n.split(".")[0] for n in gated}):
+        ctx.no_match(pass_name, "model", f"{name}: needs opset {gated[next(g for g in gated if g.startswith(name))]}"
+                     f", model has {opset} (the `opset` pass can raise it)")
     while True:
         try:
             counts = _apply_to_fixed_point(model, active, max_rounds)

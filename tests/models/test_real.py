@@ -31,14 +31,6 @@ def _ppocr_deps() -> None:
 
 
 @pytest.fixture(scope="session")
-def minilm_path(tmp_path_factory):
-    _minilm_deps()
-    from models.real import minilm_onnx
-
-    return minilm_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
-
-
-@pytest.fixture(scope="session")
 def minilm_torch_model():
     _minilm_deps()
     from models.real import minilm_torch

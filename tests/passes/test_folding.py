@@ -67,3 +67,19 @@ def test_dynamic_dims_stay_symbolic():
     dim = model.graph.inputs[0].shape[0]
     assert isinstance(dim, ir.SymbolicDim) and dim.value == "batch"
     assert isinstance(model.graph.outputs[0].shape[0], ir.SymbolicDim)
+
+
+def test_folded_values_are_valid_in_old_opsets():
+    """A folded Shape result must not become Constant(value_ints), which opset 11 lacks."""
+    proto = parse("""
+    <ir_version: 6, opset_import: ["" : 11]>
+    g (float[2, 3] x) => (float[3, 2] y) <float[3, 2] w = {1, 2, 3, 4, 5, 6}> {
+        s = Shape(w)
+        y = Reshape(x, s)
+    }""")
+    model, modified, _ = fold(proto)
+    assert modified and ops(model) == Counter({"Reshape": 1})
+    out = ir.serde.serialize_model(model)
+    onnx.checker.check_model(out, full_check=True)
+    feed = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    np.testing.assert_array_equal(run_ort(out, feed)[0], run_ort(proto, feed)[0])

@@ -332,3 +332,19 @@ def test_lossless_recipe_keeps_symbolic_dims():
     assert not result.report["summary"]["passes_rolled_back"]
     for value in (result.model.graph.input[0], result.model.graph.output[0]):
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+@pytest.mark.parametrize("opset, fused", [(12, False), (14, True)])
+def test_hardswish_only_where_the_opset_has_it(opset, fused, caplog):
+    proto = parse("""
+    <ir_version: 8, opset_import: ["" : %d]>
+    g (float[2, 8] x) => (float[2, 8] y) {
+        h = HardSigmoid <alpha = 0.1666667, beta = 0.5> (x)
+        y = Mul(x, h)
+    }""" % opset)
+    with caplog.at_level("DEBUG", logger="graphopt"):
+        model, _ = apply("fuse-activations", proto)
+    assert (ops(model) == Counter({"HardSwish": 1})) == fused
+    if not fused:
+        assert "hardswish: needs opset 14, model has 12" in caplog.text
+    assert_close(proto, model, _feed([2, 8]))
