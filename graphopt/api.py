@@ -24,7 +24,7 @@ from graphopt.manager import PassManager, RunConfig
 from graphopt.pass_api import Pass, PassContext
 from graphopt.recipes import DEFAULT_RECIPE, passes_from_recipe, passes_from_spec
 from graphopt.report import build_report, format_table
-from graphopt.runtime import needs_file, resolve_providers
+from graphopt.runtime import resolve_providers
 from graphopt.tolerance import Budget
 from graphopt.targets import get_target, target_problems
 from graphopt.verify import reference_outputs
@@ -69,8 +69,8 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
                        bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
     manager = PassManager(pass_list, config, feeds, ctx, progress)
     reference = None
-    if (verify != "off" or run_budget.limits) and loaded.path is not None and needs_file(loaded.model):
-        reference = reference_outputs(loaded.path, feeds)  # ORT reads the original file directly
+    if (verify != "off" or run_budget.limits) and loaded.path is not None:
+        reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
     result = manager.run(loaded.model, reference)
     provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
     report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
