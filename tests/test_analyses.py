@@ -83,3 +83,16 @@ def test_cache_is_dropped_on_rollback():
                                             Probe(preserve=True, modify=False)])
     assert result.report["passes"][1]["rolled_back"]
     assert Probe.seen[1] is Probe.seen[0] and Probe.seen[2] is not Probe.seen[1]
+
+
+def test_fresh_names_avoid_every_name_in_the_model_and_subgraphs():
+    from graphopt.pass_api import PassContext
+
+    model = ir.serde.deserialize_model(models.if_model())
+    taken = {v.name for n in ir.traversal.RecursiveGraphIterator(model.graph) for v in n.outputs}
+    taken |= set(model.graph.initializers) | {v.name for v in model.graph.inputs}
+    names = PassContext().names(model)
+    existing = sorted(taken)[0]
+    fresh = [names.fresh(existing) for _ in range(3)]
+    assert len(set(fresh)) == 3 and not set(fresh) & taken
+    assert names.fresh("brand_new") == "brand_new" and names.fresh("brand_new") == "brand_new_1"
