@@ -96,14 +96,8 @@ def _external_tensors(model: ir.Model):
 
 
 def _all_initializers(model: ir.Model):
-    yield from model.graph.initializers.values()
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                yield from attr.value.initializers.values()
-            elif attr.type == ir.AttributeType.GRAPHS:
-                for graph in attr.value:
-                    yield from graph.initializers.values()
+    for graph in model.graphs():  # main graph and every subgraph
+        yield from graph.initializers.values()
 
 
 def release_mappings(model: ir.Model) -> None:

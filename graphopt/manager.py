@@ -120,7 +120,7 @@ class PassManager:
         except Exception as exc:  # a pass bug must not leave a half-rewritten model
             failure, raised, result = f"raised {type(exc).__name__}: {exc}", True, None
         record.seconds = time.perf_counter() - start
-        release_mappings(model)  # a pass that read every weight must not keep them resident
+        release_mappings(result.model if result is not None else model)  # don't keep read weights resident
         if result is not None and result.modified and verify:
             verdict = verify_candidate(result.model, self.feeds, self.previous, p.tolerance,
                                        self.config.budget, self.known_problems, self.reference)

@@ -26,6 +26,11 @@ from graphopt.tolerance import Budget, Exact, Tolerance
 Feed = dict[str, np.ndarray]
 
 
+def default_opset(model: ir.Model) -> int:
+    """The model's opset for the default ONNX domain ("" or its alias "ai.onnx"); 1 if absent."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
 @dataclass
 class PassResult:
     model: ir.Model

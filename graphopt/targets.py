@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from graphopt.errors import InputError
+from graphopt.pass_api import default_opset
 
 STANDARD = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 OPENVINO_MS_OPS = frozenset({
@@ -64,7 +65,7 @@ def target_problems(model: ir.Model, target: TargetProfile) -> list[str]:
     import onnx
 
     problems = []
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    opset = default_opset(model)
     max_opset = target.max_opset or onnx.defs.onnx_opset_version()
     if opset is not None and not target.min_opset <= opset <= max_opset:
         problems.append(f"default-domain opset {opset} outside {target.name}'s {target.min_opset}..{max_opset}")

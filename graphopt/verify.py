@@ -63,7 +63,7 @@ def structural_problems(model: ir.Model) -> list[str]:
 
 def _order_and_name_problems(model: ir.Model) -> list[str]:
     problems, names = [], set()
-    for graph in _graphs(model.graph):
+    for graph in model.graphs():
         done: set[ir.Node] = set()
         for node in graph:
             for value in node.inputs:
@@ -78,16 +78,6 @@ def _order_and_name_problems(model: ir.Model) -> list[str]:
             done.add(node)
     return problems
 
-
-def _graphs(graph: ir.Graph):
-    yield graph
-    for node in graph:
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                yield from _graphs(attr.value)
-            elif attr.type == ir.AttributeType.GRAPHS:
-                for sub in attr.value:
-                    yield from _graphs(sub)
 
 
 def reference_outputs(source, feeds: list[Feed]) -> list[Feed]:

@@ -50,8 +50,8 @@ from onnxscript.rewriter.rules.fusion._layer_norm import LayerNormBiasFusion, La
 from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 
 from graphopt.analyses import Shapes
-from graphopt.pass_api import Pass, PassContext, PassResult, register
-from graphopt.passes.rules import RuleGroup, RuleOptions, apply_rule_group, default_opset
+from graphopt.pass_api import Pass, PassContext, PassResult, default_opset, register
+from graphopt.passes.rules import RuleGroup, RuleOptions, apply_rule_group
 from graphopt.tolerance import Reassoc
 
 NORM_TOLERANCE = Reassoc(rtol=1e-4, atol=1e-5)

@@ -38,8 +38,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as irp
 from onnxscript.version_converter import _version_converter as onnxscript_vc
 
-from graphopt.pass_api import Pass, PassContext, PassResult, register
-from graphopt.passes.rules import default_opset
+from graphopt.pass_api import Pass, PassContext, PassResult, default_opset, register
 from graphopt.tolerance import Exact
 
 MAX_OPSET = onnx.defs.onnx_opset_version()

@@ -23,7 +23,7 @@ from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
 from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleSet
 
 from graphopt.analyses import Shapes
-from graphopt.pass_api import PassContext, PassResult, quiet_libraries
+from graphopt.pass_api import PassContext, PassResult, default_opset, quiet_libraries
 
 NO_LIMIT = 10_000
 
@@ -64,10 +64,6 @@ class RuleOptions:
     def validate(self) -> None:
         if self.max_rounds < 1:
             raise ValueError("max_rounds must be >= 1")
-
-
-def default_opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
 def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: PassContext,
