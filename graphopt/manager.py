@@ -86,6 +86,9 @@ class PassManager:
             self.reference = reference if reference is not None else self._reference(model)
             self.previous = self.reference
             self.known_problems = frozenset(structural_problems(model))
+        self.ctx.holdout, self.ctx.reference = list(self.feeds), self.reference
+        if self.ctx.progress is None:
+            self.ctx.progress = self.progress
         # passes edit in place; --verify end replays them from an untouched clone
         original = model.clone() if self.config.verify == "end" else None
         before = model_size(model)

@@ -66,6 +66,9 @@ class PassContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("graphopt"))
     calibration: Callable[[], Iterable[Feed]] | None = None
     budget: Budget = field(default_factory=Budget)
+    holdout: list[Feed] = field(default_factory=list)  # verification feeds (the manager sets them)
+    reference: list[Feed] | None = None  # the input model's outputs on `holdout`
+    progress: Callable[[str], None] | None = None
     _analyses: dict[type, Any] = field(default_factory=dict)
     _names: NameAuthority | None = None
     _names_model: ir.Model | None = None
@@ -84,6 +87,25 @@ class PassContext:
         if self._names is None or self._names_model is not model:
             self._names, self._names_model = NameAuthority(model), model
         return self._names
+
+    def calibration_source(self) -> tuple[Callable[[], Iterable[Feed]], str]:
+        """Calibration feeds (a re-iterable source) and where they come from; without --calib,
+        the verification feeds stand in (synthesized unless the user gave --data)."""
+        if self.calibration is not None:
+            return self.calibration, "calibration data"
+        if not self.holdout:
+            raise InputError("this pass needs calibration data (--calib) or feeds to verify with")
+        feeds = list(self.holdout)
+        return (lambda: iter(feeds)), "verification feeds (no --calib given)"
+
+    def evaluator(self, model: ir.Model):
+        """An `Evaluator` on the held-out feeds against the run's input-model reference
+        (computed from `model` when the run has none, e.g. with --verify off)."""
+        from graphopt.lossy import Evaluator
+
+        if self.reference is not None and self.holdout:
+            return Evaluator(self.holdout, self.reference)
+        return Evaluator.for_model(model, self.holdout)
 
     def no_match(self, pass_name: str, where: str, reason: str) -> None:
         """Record why a rewrite did not fire (visible with --debug)."""

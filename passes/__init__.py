@@ -1,3 +1,8 @@
-"""graphopt's pass library; importing it registers every pass by name."""
+"""graphopt's pass library; importing it registers every pass by name (one module per line)."""
 
-from graphopt.passes import cleanup, folding, fusion, normalization, opset, ort_fusions  # noqa: F401
+from graphopt.passes import cleanup  # noqa: F401
+from graphopt.passes import folding  # noqa: F401
+from graphopt.passes import fusion  # noqa: F401
+from graphopt.passes import normalization  # noqa: F401
+from graphopt.passes import opset  # noqa: F401
+from graphopt.passes import ort_fusions  # noqa: F401
