@@ -74,7 +74,8 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
     result = manager.run(loaded.model, reference)
     provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
     report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
-                          output_path=str(output) if output else None, providers=provider_info, feeds=data_info)
+                          output_path=str(output) if output else None, providers=provider_info, feeds=data_info,
+                          threads=threads)
     report["target"] = {"name": target, "problems": target_problems(result.model, profile)}
     if output is not None:
         if progress:

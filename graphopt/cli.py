@@ -71,24 +71,28 @@ def _add_optimize(sub) -> None:
     p.add_argument("--on-fail", default="rollback", choices=["rollback", "fail", "warn"])
     p.add_argument("--target", default="portable", help="portable (standard ops only, default), ort "
                    "(adds ONNX Runtime contrib fusions), tensorrt, openvino")
-    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--report", action="append", default=[], metavar="PATH",
+                   help="write the report here: PATH.html = a self-contained page with charts, "
+                   "anything else = JSON; repeatable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def cmd_optimize(args) -> int:
     from graphopt.api import optimize
-    from graphopt.report import write_json
+    from graphopt.progress import TerminalProgress
+    from graphopt.report import format_summary, write_report
 
-    progress = None if args.quiet else (lambda msg: print(f"graphopt: {msg}", file=sys.stderr, flush=True))
-    result = optimize(args.model, args.output, passes=args.passes, recipe=args.recipe, data=args.data,
-                      calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
-                      on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
-                      bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,
-                      progress=progress)
-    if args.report:
-        write_json(result.report, args.report)
+    progress = None if args.quiet else TerminalProgress()
+    try:
+        result = _run_optimize(args, optimize, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    for path in args.report:
+        write_report(result.report, path)
     print(result.table)
+    print(format_summary(result.report))
     for line in result.report["target"]["problems"]:
         print(f"target {args.target}: {line}")
     skipped = result.report["environment"]["providers"].get("skipped") or {}
@@ -96,6 +100,14 @@ def cmd_optimize(args) -> int:
         print(f"skipped provider {name}: {why}")
     print(f"wrote {args.output}")
     return 0
+
+
+def _run_optimize(args, optimize, progress):
+    return optimize(args.model, args.output, passes=args.passes, recipe=args.recipe, data=args.data,
+                    calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
+                    on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
+                    bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,
+                    progress=progress)
 
 
 def cmd_inspect(args) -> int:

@@ -23,7 +23,7 @@ from graphopt.manager import RunResult
 
 
 def build_report(result: RunResult, *, input_path: str | None, output_path: str | None,
-                 providers: dict[str, Any], feeds: dict[str, Any]) -> dict[str, Any]:
+                 providers: dict[str, Any], feeds: dict[str, Any], threads: int = 0) -> dict[str, Any]:
     passes = [dataclasses.asdict(r) for r in result.passes]
     return {
         "model": {"input": input_path, "output": output_path,
@@ -34,7 +34,7 @@ def build_report(result: RunResult, *, input_path: str | None, output_path: str 
         "data": feeds,
         "environment": {"onnxruntime": ort.__version__, "providers": providers,
                         "python": platform.python_version(), "machine": platform.machine(),
-                        "cpu_count": os.cpu_count()},
+                        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "bench_threads": threads},
     }
 
 
@@ -59,17 +59,38 @@ def _summary(result: RunResult) -> dict[str, Any]:
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
+    write_text_atomic(json.dumps(report, indent=2, default=_json_default), path)
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """`.html` -> the self-contained HTML page; anything else -> JSON."""
+    if str(path).lower().endswith((".html", ".htm")):
+        from graphopt.html_report import render_html
+
+        write_text_atomic(render_html(json.loads(json.dumps(report, default=_json_default))), path)
+    else:
+        write_json(report, path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
     """Atomic write (temp file in the same directory, then rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2, default=_json_default)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a report is an ordinary file
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _json_default(value: Any) -> Any:
@@ -91,7 +112,7 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [["(input)", "", str(before["nodes"]), _mb(before["bytes"]), "", ""]
             + [_ms(report["bench"]["input"], p) for p in providers] + [""]]
     for rec in report["passes"]:
-        status = "applied" if rec["applied"] else ("ROLLED BACK" if rec["rolled_back"] else "no change")
+        status = pass_status(rec)
         verify = rec["verify"] or {}
         rows.append([rec["name"], status, str(rec["size"]["nodes"]), _mb(rec["size"]["bytes"]),
                      _num(verify.get("max_abs")), _num(verify.get("vs_input", {}).get("cosine"), 6)]
@@ -104,6 +125,40 @@ def format_table(report: dict[str, Any]) -> str:
         if rec["error"]:
             lines.append(f"{rec['name']}: {rec['error']}")
     return "\n".join(lines)
+
+
+def pass_status(rec: dict[str, Any]) -> str:
+    return "applied" if rec["applied"] else ("ROLLED BACK" if rec["rolled_back"] else "no change")
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The closing lines people read: size, speed and accuracy before -> after."""
+    summary = report["summary"]
+    lines = [f"nodes {summary['nodes'][0]} -> {summary['nodes'][1]}, "
+             f"params {summary['params'][0]:,} -> {summary['params'][1]:,}, "
+             f"weights {_mb(summary['bytes'][0])} -> {_mb(summary['bytes'][1])} MB"]
+    for provider, ratio in (summary.get("speedup_enable_all") or {}).items():
+        lines.append(f"{provider}: {ratio:.2f}x the input model's speed (ORT_ENABLE_ALL p50)")
+    cosines = [((r.get("verify") or {}).get("vs_input") or {}).get("cosine")
+               for r in report["passes"] if r["applied"]]
+    cosines = [c for c in cosines if isinstance(c, float)]
+    if cosines:
+        lines.append(f"worst cosine vs input: {cosines[-1]:.6f}")
+    rolled = summary.get("passes_rolled_back") or []
+    lines.append(f"passes applied {len(summary['passes_applied'])}, rolled back {len(rolled)}"
+                 + (f" ({', '.join(rolled)})" if rolled else ""))
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _mb(n: int) -> str:
