@@ -14,6 +14,7 @@ import math
 from typing import Any, Callable
 
 from graphopt.report import pass_status
+from graphopt.svg import waterfall_svg
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -86,30 +87,6 @@ def _series(report, applied, value_of: Callable[[dict], Any], start: float) -> l
             current = float(value)
         series.append((rec["name"], current))
     return series
-
-
-def waterfall_svg(title: str, series: list[tuple[str, float]], width: int = 520) -> str:
-    """Floating bars from each step's previous value to its new one (lower is better)."""
-    values = [v for _, v in series]
-    top = max(values + [1e-12]) * 1.1
-    row, left, plot = 18, 170, width - 170 - 70
-    height = row * len(series) + 24
-    x = lambda v: left + plot * max(v, 0.0) / top  # noqa: E731
-    items = [f"<text x=4 y=14 font-size=12 font-weight=bold>{_e(title)}</text>"]
-    previous = None
-    for i, (label, value) in enumerate(series):
-        y = 22 + i * row
-        lo, hi = (0.0, value) if previous is None else sorted((previous, value))
-        color = "#888" if previous is None else ("#2a2" if value < previous else
-                                                 "#c33" if value > previous else "#bbb")
-        w = max(x(hi) - x(lo), 1.0)
-        items.append(f"<text x=4 y={y + 12} font-size=11>{_e(label[:24])}</text>"
-                     f"<rect x={x(lo):.1f} y={y + 2} width={w:.1f} height={row - 5} fill='{color}'>"
-                     f"<title>{_e(label)}: {_fmt(value)}</title></rect>"
-                     f"<text x={x(hi) + 4:.1f} y={y + 12} font-size=10>{_e(_fmt(value))}</text>")
-        previous = value
-    return (f"<figure><svg xmlns='http://www.w3.org/2000/svg' width={width} height={height} "
-            f"role=img aria-label='{_e(title)}'>" + "".join(items) + "</svg></figure>")
 
 
 def _passes_table(report: dict[str, Any]) -> str:

@@ -1,0 +1,230 @@
+"""graphopt's recipes vs the tools people use today, on the real models; writes docs/results.md.
+
+Models (models/tasks.py): all-MiniLM-L6-v2 and PP-OCR det/rec/cls with real inputs. Tools:
+every built-in graphopt recipe (lossless, modern, int8, compress, ... whatever is registered),
+onnxsim, onnxslim, onnxoptimizer, ONNX Runtime's quantizer (quant_pre_process, then
+quantize_static with U8 activations, S8 per-channel weights, reduce_range, MinMax; when
+pre-processing fails, quantize_static runs on the raw model and the failure is noted) and ONNX
+Runtime's transformers optimizer (MiniLM only). Each tool runs in its own subprocess with a
+time limit; a crash, a timeout or a file ONNX Runtime refuses is recorded, never hidden.
+
+Per model and tool: tool seconds, nodes, file MB, the task metric on held-out inputs vs FP32,
+and ORT CPU latency at ORT_ENABLE_ALL (batch 1; 1 thread and all threads), median of `--runs`
+runs with every variant of a model timed in alternating blocks so machine noise hits each alike.
+
+Usage: python tools/compare_peers.py [--runs 30] [--models minilm,det,rec,cls] [--out docs]
+Needs: pip install -e ".[models,bench]"
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from graphopt.bench import interleaved_p50  # noqa: E402
+from graphopt.recipes import RECIPES  # noqa: E402
+from graphopt.report import cpu_name  # noqa: E402
+from graphopt.runtime import create_session, run_feeds  # noqa: E402
+from graphopt.svg import bars_svg  # noqa: E402
+from models.tasks import TASKS, Task, get_task  # noqa: E402
+
+GRAPHOPT = "import sys\nfrom graphopt.cli import main\nsys.exit(main(sys.argv[1:]))"
+SIMPLIFIERS = {
+    "onnxsim": "import onnx, onnxsim, sys\nm, ok = onnxsim.simplify(onnx.load(sys.argv[1]))\n"
+               "assert ok, 'onnxsim check failed'\nonnx.save(m, sys.argv[2])",
+    "onnxslim": "import onnx, onnxslim, sys\nonnx.save(onnxslim.slim(onnx.load(sys.argv[1])), sys.argv[2])",
+    "onnxoptimizer": "import onnx, onnxoptimizer, sys\n"
+                     "onnx.save(onnxoptimizer.optimize(onnx.load(sys.argv[1])), sys.argv[2])",
+}
+ORT_QUANTIZE = """
+import glob, sys, numpy as np
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+src, out, calib_dir, method = sys.argv[1:5]
+class Reader(CalibrationDataReader):
+    def __init__(self):
+        self.it = iter([dict(np.load(f)) for f in sorted(glob.glob(calib_dir + "/*.npz"))])
+    def get_next(self):
+        return next(self.it, None)
+pre = out + ".pre.onnx"
+try:
+    quant_pre_process(src, pre)
+    src = pre
+except Exception as exc:
+    print("NOTE quant_pre_process failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:100])
+quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, method))
+"""
+ORT_TRANSFORMERS = """
+import sys
+from onnxruntime.transformers.optimizer import optimize_model
+optimize_model(sys.argv[1], model_type="bert", num_heads=0, hidden_size=0).save_model_to_file(sys.argv[2])
+"""
+
+
+@dataclass
+class Row:
+    tool: str
+    path: Path | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    nodes: int = 0
+    mb: float = 0.0
+    fidelity: float = float("nan")
+    ms: dict[int, float] = field(default_factory=dict)
+
+
+def tool_commands(task: Task, data: Path, calib: Path) -> dict[str, list[str]]:
+    """argv (after the python executable) per tool; the output path is appended."""
+    tools = {f"graphopt {name}": ["-c", GRAPHOPT, "optimize", str(task.path), "--quiet", "--recipe", name,
+                                  "--data", str(data), "--calib", str(calib), "-o"]
+             for name in RECIPES}
+    tools.update({name: ["-c", code, str(task.path)] for name, code in SIMPLIFIERS.items()})
+    tools["ort quantize_static MinMax"] = ["-c", ORT_QUANTIZE, str(task.path), "OUT", str(calib), "MinMax"]
+    tools["ort quantize_static Entropy"] = ["-c", ORT_QUANTIZE, str(task.path), "OUT", str(calib), "Entropy"]
+    if task.name == "minilm":
+        tools["ort transformers optimizer"] = ["-c", ORT_TRANSFORMERS, str(task.path)]
+    return tools
+
+
+def run_tool(tool: str, argv: list[str], out: Path, timeout: int) -> Row:
+    argv = [a if a != "OUT" else str(out) for a in argv] + ([] if "OUT" in argv else [str(out)])
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout,
+                              cwd=out.parent)
+    except subprocess.TimeoutExpired:
+        return Row(tool, error=f"timed out after {timeout}s")
+    row = Row(tool, seconds=time.perf_counter() - start)
+    row.notes = [line[5:] for line in proc.stdout.splitlines() if line.startswith("NOTE ")]
+    if proc.returncode != 0 or not out.exists():
+        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        row.error = f"exit {proc.returncode}: {lines[-1][:140] if lines else 'no output'}"
+        return row
+    row.path = out
+    return row
+
+
+def measure(row: Row, task: Task, reference: list) -> None:
+    model = onnx.load(str(row.path), load_external_data=False)
+    row.nodes = len(model.graph.node)
+    row.mb = sum(p.stat().st_size for p in row.path.parent.glob(row.path.name + "*")
+                 if not p.name.endswith(".pre.onnx")) / 1e6
+    try:
+        outputs = run_feeds(create_session(row.path, opt_level="enable_all"), task.holdout)
+    except Exception as exc:  # noqa: BLE001
+        row.error, row.path = f"ORT refused or failed: {str(exc).splitlines()[0][:140]}", None
+        return
+    row.fidelity = task.fidelity(reference, outputs, task.holdout)
+
+
+def compare_task(task: Task, tmp: Path, runs: int, timeout: int, progress) -> list[Row]:
+    data, calib = tmp / f"{task.name}-data", tmp / f"{task.name}-calib"
+    for folder, feeds in ((data, task.holdout), (calib, task.calib)):
+        folder.mkdir()
+        for i, feed in enumerate(feeds):
+            np.savez(folder / f"{i:04d}.npz", **feed)
+    reference = run_feeds(create_session(Path(task.path), opt_level="enable_all"), task.holdout)
+    rows = [Row("FP32 input", path=Path(task.path))]
+    for tool, argv in tool_commands(task, data, calib).items():
+        progress(f"{task.name}: {tool}")
+        out_dir = tmp / f"{task.name}-{len(rows)}"
+        out_dir.mkdir()
+        rows.append(run_tool(tool, argv, out_dir / "model.onnx", timeout))
+    for row in rows:
+        if row.path is not None:
+            measure(row, task, reference)
+    ok = [r for r in rows if r.path is not None]
+    for threads in (1, 0):
+        progress(f"{task.name}: timing {len(ok)} models, threads={threads or 'all'}")
+        sessions = [create_session(r.path, "cpu", "enable_all", threads) for r in ok]
+        for row, ms in zip(ok, interleaved_p50(sessions, task.bench_feed, runs)):
+            row.ms[threads] = ms
+        del sessions
+    return rows
+
+
+def table(task: Task, rows: list[Row]) -> str:
+    base = rows[0].ms
+    lines = [f"| tool | tool s | nodes | MB | {task.metric} | 1-thread ms | speed-up | "
+             f"{os.cpu_count()}-thread ms | speed-up | notes |", "|" + "---|" * 10]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.tool} | {r.seconds:.1f} | | | | | | | | **{r.error}** |")
+            continue
+        speed = [f"{base[t] / r.ms[t]:.2f}x" if t in r.ms and t in base else "" for t in (1, 0)]
+        lines.append(f"| {r.tool} | {r.seconds:.1f} | {r.nodes} | {r.mb:.1f} | {r.fidelity:.4f} | "
+                     f"{r.ms.get(1, float('nan')):.2f} | {speed[0]} | {r.ms.get(0, float('nan')):.2f} | "
+                     f"{speed[1]} | {'; '.join(r.notes)} |")
+    return "\n".join(lines)
+
+
+def chart(task: Task, rows: list[Row]) -> str:
+    base = rows[0].ms.get(1)
+    bars = [(r.tool, base / r.ms[1] if not r.error and 1 in r.ms else float("nan"),
+             "" if r.error else f"({task.metric[:12]} {r.fidelity:.3f})") for r in rows]
+    return bars_svg(f"{task.name}: speed-up vs FP32 (1 thread, ENABLE_ALL)", bars, width=760, ref=1.0)
+
+
+def machine() -> str:
+    return (f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
+            f"Python {platform.python_version()}, onnxruntime {ort.__version__}, onnx {onnx.__version__}")
+
+
+def write_results(out: Path, sections: list[tuple[Task, list[Row]]], runs: int) -> None:
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    text = ["# graphopt vs peers on real models", "",
+            "Generated by `python tools/compare_peers.py` — do not edit by hand.", "",
+            f"- Date: {datetime.date.today()}; machine: {machine()}.",
+            f"- Latency: ORT CPU EP, ORT_ENABLE_ALL, batch 1, median of {runs} runs, all variants of a "
+            "model timed in alternating blocks. Fidelity: the task metric on held-out inputs vs FP32 "
+            "(ORT_ENABLE_ALL).", "- Tool seconds include the tool's own verification (graphopt checks "
+            "every pass in ONNX Runtime).", ""]
+    for task, rows in sections:
+        svg = out / "results" / f"{task.name}.svg"
+        svg.write_text(chart(task, rows), encoding="utf-8")
+        text += [f"## {task.name} ({Path(task.path).name})", "", f"Task metric: {task.metric} "
+                 f"(the issues' bar: {task.bar}).", "", table(task, rows), "",
+                 f"![{task.name} speed-up](results/{task.name}.svg)", ""]
+    (out / "results.md").write_text("\n".join(text), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--models", default=",".join(TASKS))
+    parser.add_argument("--out", default=str(ROOT / "docs"))
+    args = parser.parse_args()
+    progress = lambda msg: print(f"compare_peers: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="graphopt-peers-") as tmp:
+        for name in args.models.split(","):
+            task = get_task(name)
+            rows = compare_task(task, Path(tmp), args.runs, args.timeout, progress)
+            sections.append((task, rows))
+            print(f"\n## {name}\n{table(task, rows)}", flush=True)
+    write_results(Path(args.out), sections, args.runs)
+    print(f"\nwrote {Path(args.out) / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
