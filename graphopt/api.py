@@ -51,10 +51,17 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
              budget: list[str] | dict[str, float] | Budget | None = None,
              verify: str = "each", on_fail: str = "rollback", bench: bool = False,
              providers: list[str] | None = None, bench_runs: int = 20, threads: int = 0,
-             seed: int = 0, target: str = "portable",
+             seed: int = 0, target: str = "portable", goal: str = "latency",
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
     """Run a recipe (default `lossless`, adapted to `target`) or a pass list over a model,
-    verified pass by pass."""
+    verified pass by pass. `recipe="auto"` searches pass chains for the fastest (`goal=
+    "latency"`) or smallest (`goal="size"`) model inside the budget (default cosine 0.99)."""
+    if recipe == "auto":
+        if passes is not None:
+            raise InputError("give either --passes or --recipe, not both")
+        return optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
+                             budget=budget, seed=seed, target=target, threads=threads,
+                             runs=bench_runs, progress=progress)
     loaded = load_model(source)
     if output is not None and loaded.path is not None and _same_file(Path(output), loaded.path):
         raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
@@ -82,6 +89,51 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
             progress(f"saving {output}")
         save_model(result.model, output)
     return OptimizeResult(to_kind(result.model, loaded), report, Path(output) if output else None)
+
+
+def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
+                  threads: int, runs: int, progress) -> OptimizeResult:
+    """Try each candidate chain (graphopt.auto), measure the survivors side by side, keep the best."""
+    import tempfile
+
+    from graphopt import auto
+    from graphopt.lossy import effective_budget
+    from graphopt.pass_api import registered_passes
+    from graphopt.recipes import RECIPES
+    from graphopt.targets import adapt_recipe
+
+    if goal not in ("latency", "size"):
+        raise InputError(f"--goal: expected latency or size, got '{goal}'")
+    run_budget = effective_budget(_as_budget(budget))
+    lossless = adapt_recipe(RECIPES[auto.LOSSLESS], get_target(target))
+    chains = auto.candidate_chains(lossless, set(registered_passes()))
+    say = progress or (lambda message: None)
+    with tempfile.TemporaryDirectory(prefix="graphopt-auto-") as tmp:
+        loaded = load_model(source)
+        path = loaded.path or save_model(loaded.model, Path(tmp) / "input.onnx")
+        feed = _feeds(load_model(path), data, calib, shapes, seed)[0][0]
+
+        def optimize_chain(spec: str) -> OptimizeResult:
+            return optimize(path, None, passes=spec, data=data, calib=calib, shapes=shapes, budget=run_budget,
+                            seed=seed, target=target, progress=None)
+
+        trials = []
+        for i, (name, spec) in enumerate(chains, 1):
+            say(f"auto [{i}/{len(chains)}] {name}")
+            trials.append(auto.run_trial(name, spec, optimize_chain))
+        say("auto: timing the candidates side by side")
+        auto.measure_latency(trials, feed, max(runs, 10), threads)
+    cost = (lambda t: t.bytes) if goal == "size" else (lambda t: t.ms)
+    chosen = auto.choose(trials, goal)
+    front = auto.pareto(trials, cost)
+    report = dict(chosen.result.report)
+    report["auto"] = {"goal": goal, "budget": run_budget.limits, "chosen": chosen.name,
+                      "pareto": [t.name for t in front], "tried": [t.row() for t in trials],
+                      "table": auto.format_trials(trials, front, chosen, goal)}
+    model = chosen.result.model
+    if output is not None:
+        save_model(model, output)
+    return OptimizeResult(to_kind(model, loaded), report, Path(output) if output else None)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -74,6 +74,8 @@ def _add_optimize(sub) -> None:
     p.add_argument("--report", action="append", default=[], metavar="PATH",
                    help="write the report here: PATH.html = a self-contained page with charts, "
                    "anything else = JSON; repeatable")
+    p.add_argument("--goal", default="latency", choices=["latency", "size"],
+                   help="with --recipe auto: what the search minimizes inside the budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -91,6 +93,8 @@ def cmd_optimize(args) -> int:
             progress.close()
     for path in args.report:
         write_report(result.report, path)
+    if "auto" in result.report:
+        print(result.report["auto"]["table"])
     print(result.table)
     print(format_summary(result.report))
     for line in result.report["target"]["problems"]:
@@ -107,7 +111,7 @@ def _run_optimize(args, optimize, progress):
                     calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
                     on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
                     bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,
-                    progress=progress)
+                    goal=args.goal, progress=progress)
 
 
 def cmd_inspect(args) -> int:
