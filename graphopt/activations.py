@@ -22,13 +22,18 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.runtime import create_session, return_freed_memory
+from graphopt.io import in_memory_bytes
+from graphopt.runtime import create_session, model_file, return_freed_memory
 
 Feed = dict[str, np.ndarray]
 FeedSource = Callable[[], Iterable[Feed]]
 Consumer = Callable[[int, dict[str, np.ndarray]], None]
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+# Above this many in-memory weight bytes the exposed model goes to ORT as a temporary file with
+# external data: ORT maps the weights instead of parsing a serialized copy (MiniLM, 91 MB:
+# session in 0.8 s and +53 MB RSS, against 1.6 s and +185 MB when given as bytes).
+FILE_SESSION_MIN_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,20 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
     chunks = plan_chunks(values, max_bytes) if values else []
     batches = 0
     for ci, chunk in enumerate(chunks):
-        session = create_session(with_outputs(model, chunk))
+        session = _exposed_session(with_outputs(model, chunk))
         try:
             batches = _run_chunk(session, chunk, feeds, consume, progress, (ci, len(chunks)))
         finally:
             del session
             return_freed_memory()
     return StreamStats(len(chunks), batches, chunks)
+
+
+def _exposed_session(model: ir.Model):
+    if in_memory_bytes(model) < FILE_SESSION_MIN_BYTES:
+        return create_session(model)
+    with model_file(model) as path:
+        return create_session(path)
 
 
 def _run_chunk(session, chunk: list[str], feeds: FeedSource, consume: Consumer,

@@ -54,3 +54,9 @@ def minilm_path(tmp_path_factory):
     from models.real import minilm_onnx
 
     return minilm_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
+
+
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path_factory, monkeypatch):
+    """Calibration caches go to a per-session temp dir, never to ~/.cache."""
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "calib-cache"))
