@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from graphopt import sparse_storage
 from graphopt.errors import InputError
 
 # Models whose weights exceed this are saved with external data (protobuf's hard cap is 2 GB).
@@ -65,19 +66,54 @@ def load_path(path: Path) -> ir.Model:
     try:
         model = ir.load(path)
     except (DecodeError, RuntimeError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
-        raise InputError(f"{path}: not a valid ONNX model (cannot parse protobuf: {exc})") from None
+        raise InputError(f"{path}: not a valid ONNX model ({_load_failure(exc)})") from None
     if not model.graph.outputs and len(model.graph) == 0:
         raise InputError(f"{path}: not a valid ONNX model (parsed, but holds no graph)")
+    check_versions(model, path)
+    if sparse_storage.has_dangling_inputs(model):  # onnx_ir drops sparse_initializer: densify them
+        model = sparse_storage.load_densified(path)
     check_external_data(model, path)
     return model
 
 
+def _load_failure(exc: BaseException) -> str:
+    """Why ir.load failed: a protobuf that does not parse, or a graph onnx_ir cannot build
+    (then the innermost cause names the problem, e.g. a value produced twice)."""
+    if isinstance(exc, ir.serde.SerdeError):
+        while exc.__cause__ is not None:
+            exc = exc.__cause__
+        return f"invalid graph: {str(exc).strip().splitlines()[0]}"
+    return f"cannot parse protobuf: {exc}"
+
+
+def check_versions(model: ir.Model, path: Path) -> None:
+    """IR version and default-domain opset must be ones the installed onnx knows (graphopt
+    checks, infers shapes and converts with it); a graph must have outputs."""
+    if not model.ir_version or model.ir_version < 1:
+        raise InputError(f"{path}: not a valid ONNX model (no IR version set)")
+    if model.ir_version > onnx.IR_VERSION:
+        raise InputError(f"{path}: IR version {model.ir_version} is newer than the installed onnx "
+                         f"{onnx.__version__} supports (up to {onnx.IR_VERSION})")
+    opset, newest = model.opset_imports.get("", model.opset_imports.get("ai.onnx")), onnx.defs.onnx_opset_version()
+    if opset is not None and opset > newest:
+        raise InputError(f"{path}: opset {opset} is newer than the installed onnx {onnx.__version__} "
+                         f"knows (up to {newest})")
+    if not model.graph.outputs:
+        raise InputError(f"{path}: the graph has no outputs (nothing to compute)")
+
+
 def check_external_data(model: ir.Model, path: Path) -> None:
-    """Fail early, naming the file, if any external tensor's data file is missing or short."""
+    """Fail early, naming the file, if any external tensor's data file is missing or short, or
+    lies outside the model's directory (ONNX Runtime refuses such paths, and reading them would
+    let a model file point graphopt at any file on the machine)."""
     sizes: dict[str, int] = {}
     for tensor in _external_tensors(model):
         data_path = Path(tensor.path)
         key = str(data_path)
+        base = os.path.realpath(str(tensor.base_dir))
+        if os.path.commonpath([base, os.path.realpath(key)]) != base:
+            raise InputError(f"{path}: external data location '{tensor.location}' for tensor "
+                             f"'{tensor.name}' points outside the model's directory")
         if key not in sizes:
             if not data_path.exists():
                 raise InputError(f"{path}: external data file '{tensor.location}' for tensor "
@@ -161,7 +197,10 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
 def write_to_dir(model: ir.Model, path: Path, data_name: str | None) -> None:
     """Serialize `model` to `path` (no atomicity); external tensors go to `data_name`."""
     if data_name is None:
-        ir.save(model, path)
+        if sparse_storage.has_sparse_marks(model):  # pruned tensors asked to be stored sparse
+            sparse_storage.save_sparse(model, path)
+        else:
+            ir.save(model, path)
     else:
         ir.save(model, path, external_data=data_name,
                 size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES, alignment=65536)
