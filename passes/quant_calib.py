@@ -1,0 +1,155 @@
+"""Ranges for the tensors a plan quantizes, user overrides, and the per-tensor SQNR report.
+
+Ranges come from graphopt.calibration's streaming calibrator (minmax, percentile, entropy, mse;
+histograms merged batch by batch, chunked under a memory cap). Constant tensors that a plan
+quantizes (the constant operand of a quantized Add) take their own min/max.
+
+SQNR of a quantized tensor x with parameters (s, z), over a few calibration batches:
+    SQNR = 10·log10(Σ x² / Σ (x - DQ(Q(x)))²)  (non-finite elements ignored),
+i.e. how much of the tensor survives its own quantization; low values point at the tensors to
+exclude or override (a wide range from outliers, a tensor that needs more than 8 bits).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphopt.activations import stream_activations
+from graphopt.errors import InputError
+from graphopt.passes.quant_plan import constant_array, is_constant
+from graphopt.passes.quant_profiles import FIXED_RANGES
+from graphopt.passes.quant_qdq import fake_quantize, sqnr_db
+
+
+@dataclass(frozen=True)
+class Overrides:
+    float_tensors: frozenset[str] = frozenset()
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def parse_overrides(items: tuple[str, ...]) -> Overrides:
+    """`NAME=float` keeps a tensor float; `NAME=LO..HI` fixes its range (LO <= 0 <= HI widened)."""
+    floats, ranges = set(), {}
+    for item in items:
+        name, sep, spec = item.rpartition("=")
+        if not sep or not name:
+            raise ValueError(f"override {item!r}: expected NAME=float or NAME=LO..HI")
+        if spec == "float":
+            floats.add(name)
+            continue
+        lo, dots, hi = spec.partition("..")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            raise ValueError(f"override {item!r}: expected NAME=float or NAME=LO..HI") from None
+        if not dots or not (np.isfinite(low) and np.isfinite(high)) or low > high:
+            raise ValueError(f"override {item!r}: LO..HI must be finite with LO <= HI")
+        ranges[name] = (low, high)
+    return Overrides(frozenset(floats), ranges)
+
+
+def calibrate_ranges(model, plan, feeds, opts, symmetric: bool = False,
+                     progress=None) -> tuple[dict[str, tuple[float, float]], dict]:
+    """{tensor: (lo, hi)} for every tensor of the (full) plan, and a calibration summary."""
+    values = {o.name: o for n in model.graph for o in n.outputs}
+    values.update(model.graph.initializers)
+    ranges = {name: _constant_range(constant_array(values[name]))
+              for name in plan.tensors if name in values and is_constant(values[name])}
+    ranges.update(_fixed_ranges(model, plan.tensors))
+    names = sorted(plan.tensors - set(ranges))
+    info = {"method": opts.method, "tensors": len(names)}
+    if not names:
+        return ranges, info
+    try:
+        from graphopt.calibration import CalibrationOptions, calibrate
+    except ImportError:  # the streaming calibrator is not installed: plain min/max
+        found = _minmax(model, names, feeds, opts.calib_max_bytes, progress)
+        info["method"] = "minmax (graphopt.calibration unavailable)"
+    else:
+        options = CalibrationOptions(method=opts.method, percentile=opts.percentile, symmetric=symmetric,
+                                     num_quant_bins=128 if symmetric else 256, max_bytes=opts.calib_max_bytes)
+        found = calibrate(model, names, feeds, options, progress=progress, cache_dir=opts.cache_dir or None)
+    for name in names:
+        r = found[name]
+        lo, hi = (r.lo, r.hi) if isinstance(r, tuple) else (r.lo, r.hi)
+        ranges[name] = (float(lo), float(hi))
+        if getattr(r, "nonfinite", 0):
+            info.setdefault("nonfinite_values", {})[name] = int(r.nonfinite)
+        if getattr(r, "sentinels", 0) or (getattr(r, "extreme", False) and opts.method == "minmax"):
+            info.setdefault("extreme", {})[name] = getattr(r, "note", "") or "extreme values"
+    return ranges, info
+
+
+def _fixed_ranges(model, names: set[str]) -> dict[str, tuple[float, float]]:
+    """Outputs of Softmax/Sigmoid/Tanh take the op's own range (FIXED_RANGES)."""
+    fixed = {}
+    for node in model.graph:
+        bounds = FIXED_RANGES.get(node.op_type)
+        if bounds is not None and node.outputs[0].name in names:
+            fixed[node.outputs[0].name] = bounds
+    return fixed
+
+
+def _constant_range(array: np.ndarray) -> tuple[float, float]:
+    finite = array[np.isfinite(array)] if array.size else array
+    if finite.size == 0:
+        return 0.0, 0.0
+    return float(finite.min()), float(finite.max())
+
+
+def _minmax(model, names, feeds, max_bytes, progress) -> dict[str, tuple[float, float]]:
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+
+    def consume(_, arrays):
+        for name, array in arrays.items():
+            finite = array[np.isfinite(array)]
+            if finite.size:
+                lo[name] = min(lo[name], float(finite.min()))
+                hi[name] = max(hi[name], float(finite.max()))
+
+    stream_activations(model, names, feeds, consume, max_bytes, progress)
+    return {n: (lo[n] if np.isfinite(lo[n]) else 0.0, hi[n] if np.isfinite(hi[n]) else 0.0) for n in names}
+
+
+def tensor_sqnr(model, candidate, feeds, batches: int, max_bytes: int = 512 * 2**20) -> dict[str, float]:
+    """SQNR (dB) of each quantized activation of `candidate`, worst first, on the float model."""
+    values = {o.name: o for n in model.graph for o in n.outputs}
+    values.update(model.graph.initializers)
+    params = {n: p for n, p in candidate.applied.params.items() if n in values and not is_constant(values[n])}
+    if not params:
+        return {}
+    signal = dict.fromkeys(params, 0.0)
+    noise = dict.fromkeys(params, 0.0)
+
+    def consume(_, arrays):
+        for name, array in arrays.items():
+            x = array[np.isfinite(array)].astype(np.float32)
+            signal[name] += float(np.sum(x.astype(np.float64) ** 2))
+            noise[name] += float(np.sum((x - fake_quantize(x, params[name])).astype(np.float64) ** 2))
+
+    try:
+        for chunk, source in _runs(model, sorted(params), feeds, batches, max_bytes):
+            stream_activations(model, chunk, source, consume, max_bytes=2**62)
+    except InputError:
+        return {}
+    report = {n: round(sqnr_db(signal[n], noise[n]), 2) for n in params}
+    return dict(sorted(report.items(), key=lambda kv: kv[1]))
+
+
+def _runs(model, names: list[str], feeds, batches: int, max_bytes: int):
+    """(names, feed source) per ORT run: the calibration engine's plan (symbolic dims sized from
+    the first feed, feeds split along the batch when one is too big) over the first batches."""
+    from graphopt.calibration import plan, split_feed
+
+    first = next(iter(feeds()))
+    sub, chunks = plan(model, names, first, max_bytes)
+
+    def source():
+        for feed in itertools.islice(iter(feeds()), batches):
+            yield from split_feed(feed, sub)
+
+    return [(chunk, source) for chunk in chunks]
