@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from graphopt.bench import BenchConfig
-from graphopt.data import Feed, load_feeds, parse_shapes, input_specs, split_holdout, synthesize_feeds, validate_feed
+from graphopt.data import (Feed, input_specs, load_feeds, parse_shapes, reject_infinite, split_holdout, synthesize_feeds,
+                           validate_feed)
 from graphopt.errors import InputError
 from graphopt.io import LoadedModel, load_model, save_model, to_kind
 from graphopt.manager import PassManager, RunConfig
@@ -65,6 +66,8 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
     loaded = load_model(source)
     if output is not None and loaded.path is not None and _same_file(Path(output), loaded.path):
         raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
+    if output is not None and Path(output).is_dir():
+        raise InputError(f"output {output} is a directory; give a file path, e.g. {Path(output) / 'model.onnx'}")
     profile = get_target(target)
     pass_list = _resolve_passes(passes, recipe, target)
     run_budget = _as_budget(budget)
@@ -164,6 +167,7 @@ def _feeds(loaded: LoadedModel, data, calib, shapes, seed: int):
     specs = input_specs(model)
     shape_map = parse_shapes(shapes, specs) if isinstance(shapes, list) else (shapes or {})
     calib_feeds = _load(calib, model) if calib is not None else []
+    reject_infinite(calib_feeds, f"--calib {calib}" if isinstance(calib, (str, os.PathLike)) else "calibration data")
     if data is not None:
         feeds = _load(data, model)
         return feeds, calib_feeds, {"verify": "data", "count": len(feeds)}

@@ -29,13 +29,15 @@ TIE = 0.03
 LOSSLESS = "lossless"
 CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lossless", ()),
+    ("int8 percentile", ("quantize:method=percentile",)),
     ("int8 minmax", ("quantize:method=minmax",)),
     ("int8 entropy", ("quantize:method=entropy",)),
-    ("int8 percentile", ("quantize:method=percentile",)),
-    ("svd budget", ("svd:mode=budget",)),
-    ("svd budget + int8", ("svd:mode=budget;budget_share=0.5", "quantize:method=entropy")),
+    ("svd budget", ("svd:select=budget",)),
+    ("svd budget + int8", ("svd:select=budget;budget_share=0.5", "quantize:method=entropy")),
     ("prune-channels budget", ("prune-channels:mode=budget",)),
     ("prune-channels budget + int8", ("prune-channels:mode=budget;budget_share=0.5", "quantize:method=entropy")),
+    ("compress", ("prune-channels:mode=budget;budget_share=0.34", "svd:select=budget;budget_share=0.5",
+                  "quantize")),
 )
 
 

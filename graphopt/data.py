@@ -31,6 +31,8 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     for value in model.graph.inputs:
         if value.name in model.graph.initializers:
             continue
+        if value.type is not None and not isinstance(value.type, ir.TensorType):
+            raise InputError(f"input '{value.name}' has type {value.type}; graphopt handles tensor inputs only")
         if value.dtype is None:
             raise InputError(f"input '{value.name}' has no tensor type; graphopt handles tensor inputs only")
         dims = tuple(_spec_dim(d) for d in value.shape.dims) if value.shape is not None else None
@@ -198,6 +200,25 @@ def validate_feed(feed: Feed, specs: list[InputSpec], where: str) -> None:
             if isinstance(dim, int) and dim != size:
                 raise InputError(f"{where}: input '{name}' expects shape {_fmt(spec.shape)}, "
                                  f"data has shape {list(array.shape)}")
+        _reject_nan(array, name, where)
+
+
+def _reject_nan(array: np.ndarray, name: str, where: str) -> None:
+    """NaN inputs make every comparison and calibration statistic NaN: refuse them."""
+    if array.dtype.kind in "fc":
+        count = int(np.isnan(array).sum())
+        if count:
+            raise InputError(f"{where}: input '{name}' holds {count} NaN value(s) of {array.size}")
+
+
+def reject_infinite(feeds: list[Feed], where: str) -> None:
+    """Calibration data must be finite: an infinite value makes a range (and a scale) infinite."""
+    for i, feed in enumerate(feeds):
+        for name, array in feed.items():
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                count = int((~np.isfinite(array)).sum())
+                raise InputError(f"{where} (feed {i}): input '{name}' holds {count} infinite value(s) "
+                                 f"of {array.size}; calibration needs finite values")
 
 
 def _fmt(shape: tuple) -> str:

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from graphopt.bench import BenchConfig, bench_model
 from graphopt.errors import InputError, VerificationError
 from graphopt.io import release_mappings
-from graphopt.pass_api import Feed, Pass, PassContext
+from graphopt.pass_api import Feed, Pass, PassContext, PassResult, structure_fingerprint, types_fingerprint
 from graphopt.size import ModelSize, model_size
 from graphopt.tolerance import Budget, Exact, Lossy, Reassoc, Tolerance
 from graphopt.verify import Verdict, structural_problems, verify_candidate
@@ -114,10 +114,14 @@ class PassManager:
         """Run `p` on `model` in place; a clone taken first (tensors shared) is the rollback point."""
         record = PassRecord(p.name, p.describe_options())
         backup, failure, raised, verdict = model.clone(), None, False, None
+        fingerprints = (structure_fingerprint(model), types_fingerprint(model))
         start = time.perf_counter()
         try:
             result = p.run(model, self.ctx)
             record.stats = dict(result.stats)
+            failure = self._silent_change(result, fingerprints, record, verify)
+            if result.modified and (raised := legalize_ir_version(result.model)):
+                record.stats["ir_version"] = raised
         except InputError:
             raise
         except Exception as exc:  # a pass bug must not leave a half-rewritten model
@@ -148,6 +152,22 @@ class PassManager:
         if record.applied and self.config.bench:
             record.bench = self._bench(model, p.name)
         return model, record
+
+    def _silent_change(self, result: PassResult, fingerprints: tuple, record: PassRecord,
+                       verify: bool) -> str | None:
+        """A pass that reports no change is not taken at its word: a changed graph is verified
+        like any change (stats: unreported_change); changed value types or shapes alone (shape
+        inference annotations) get the structural check, and a failure rolls them back."""
+        if result.modified:
+            return None
+        if structure_fingerprint(result.model) != fingerprints[0]:
+            result.modified, record.stats["unreported_change"] = True, True
+            return None
+        if verify and types_fingerprint(result.model) != fingerprints[1]:
+            problems = [q for q in structural_problems(result.model) if q not in self.known_problems]
+            if problems:
+                return "reported no change but left value types/shapes the checker rejects: " + "; ".join(problems)
+        return None
 
     def _bench(self, model: ir.Model, label: str) -> dict[str, Any]:
         self.progress(f"benchmarking {label}")
@@ -181,6 +201,7 @@ class PassManager:
         self.ctx.invalidate(frozenset())
         for p in chain:
             model = p.run(model, self.ctx).model
+            legalize_ir_version(model)
         return model
 
     def _bisect(self, original: ir.Model, chain: list[Pass]) -> tuple[Pass, Verdict]:
@@ -208,6 +229,20 @@ class PassManager:
                                     + "; ".join(verdict.problems)
                                     + (f" (lossy passes applied: {', '.join(lossy)})" if lossy else ""))
         return verdict
+
+
+def legalize_ir_version(model: ir.Model) -> str | None:
+    """IR 3 requires every initializer to be a graph input; a pass that added initializers
+    (folded values, fused weights, lifted constants) to an IR-3 model makes it invalid.
+    IR 4 only drops that requirement, so raising 3 to 4 keeps every value and every
+    consumer that reads IR 3 (ORT, the checker) reads it. Returns what changed, if anything."""
+    if model.ir_version is None or model.ir_version >= 4:
+        return None
+    inputs = {v.name for v in model.graph.inputs}
+    if all(name in inputs for name in model.graph.initializers):
+        return None
+    before, model.ir_version = model.ir_version, 4
+    return f"{before} -> 4 (initializers that are not graph inputs need IR >= 4)"
 
 
 def combined_tolerance(chain: list[Pass]) -> Tolerance:

@@ -42,11 +42,14 @@ def compare_arrays(ref: np.ndarray, cand: np.ndarray) -> OutputMetrics:
     """Metrics of `cand` against `ref` (shapes must match, else every metric is worst-case)."""
     if ref.shape != cand.shape:
         return shape_mismatch()
-    if ref.dtype.kind not in "fc":
+    if ref.dtype.kind not in "fc":  # integers and booleans by value; strings (object arrays) equal or not
         equal = np.array_equal(ref, cand)
-        err = 0.0 if equal else float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64))))
+        numeric = ref.dtype.kind in "iub"
+        err = 0.0 if equal else (float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64))))
+                                 if numeric else float("inf"))
+        ref_max = float(np.max(np.abs(ref.astype(np.float64)), initial=0)) if numeric else 0.0
         return OutputMetrics(err, err, 1.0 if equal else 0.0, float("inf") if equal else 0.0,
-                             0.0 if equal else float("inf"), float(np.max(np.abs(ref), initial=0)))
+                             0.0 if equal else float("inf"), ref_max)
     r = ref.astype(np.float64).ravel()
     c = cand.astype(np.float64).ravel()
     diff = np.abs(r - c)

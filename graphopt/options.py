@@ -8,6 +8,7 @@ tuple[str, ...] written as `a|b|c`, or Optional of those) and then the dataclass
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -48,10 +49,13 @@ def build_options(pass_name: str, cls: type, values: dict[str, Any]) -> Any:
     return options
 
 
+_UNIONS = (Union, types.UnionType)  # Optional[X] and X | None
+
+
 def convert(text: str, hint: Any) -> Any:
     """Convert one option string to the annotated type."""
     origin = get_origin(hint)
-    if origin is Union:
+    if origin in _UNIONS:
         args = [a for a in get_args(hint) if a is not type(None)]
         if text.lower() in ("none", "null", ""):
             return None
@@ -96,7 +100,7 @@ def _type_name(hint: Any) -> str:
     origin = get_origin(hint)
     if origin is Literal:
         return "|".join(map(str, get_args(hint)))
-    if origin is Union:
+    if origin in _UNIONS:
         return " or ".join(_type_name(a) for a in get_args(hint) if a is not type(None)) + " or none"
     if origin is tuple:
         return f"list of {_type_name(get_args(hint)[0])} (a|b)"

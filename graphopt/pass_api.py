@@ -31,6 +31,36 @@ def default_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
+def structure_fingerprint(model: ir.Model) -> tuple:
+    """What a pass that reports no change must leave as it was: every graph's nodes (op,
+    input and output names, scalar attributes), inputs, outputs and initializers (by name and
+    tensor object), the opsets and the IR version. Types, shapes and tensor contents in place
+    are not covered; cheap (no data is read)."""
+    graphs = []
+    for graph in model.graphs():
+        nodes = tuple((n.domain, n.op_type, tuple(v.name if v is not None else "" for v in n.inputs),
+                       tuple(v.name for v in n.outputs),
+                       tuple(sorted((k, repr(a.value)) for k, a in n.attributes.items()
+                                    if a.type not in _NESTED_ATTRIBUTES)))
+                      for n in graph)
+        graphs.append((nodes, tuple(v.name for v in graph.inputs), tuple(v.name for v in graph.outputs),
+                       tuple((k, id(v.const_value)) for k, v in graph.initializers.items())))
+    return tuple(graphs), tuple(sorted(model.opset_imports.items())), model.ir_version
+
+
+def types_fingerprint(model: ir.Model) -> tuple:
+    """Every value's type and shape, graph by graph (what shape inference may change)."""
+    graphs = []
+    for graph in model.graphs():
+        values = [*graph.inputs, *(v for node in graph for v in node.outputs)]
+        graphs.append(tuple((v.name, repr(v.type), repr(v.shape)) for v in values))
+    return tuple(graphs)
+
+
+_NESTED_ATTRIBUTES = frozenset({ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS, ir.AttributeType.TENSOR,
+                                ir.AttributeType.TENSORS})
+
+
 @dataclass
 class PassResult:
     model: ir.Model

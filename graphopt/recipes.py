@@ -27,6 +27,12 @@ RECIPES: dict[str, tuple[str, ...]] = {
 # `modern`: the lossless recipe after raising the opset to 20, so exports from older opsets
 # get the standard Gelu (opset 20) as well; the opset pass never lowers an opset.
 RECIPES["modern"] = ("opset:target=20", *RECIPES["lossless"])
+# `int8`: static INT8 (Q/DQ) after the lossless clean-up, sized to the run's budget.
+RECIPES["int8"] = (*RECIPES["lossless"], "quantize")
+# `compress`: structured pruning, low-rank and int8 chained under one budget; each lossy pass may
+# spend its share of what is left (prune a third, svd half of the rest, quantize the remainder).
+RECIPES["compress"] = (*RECIPES["lossless"], "prune-channels:mode=budget;budget_share=0.34",
+                       "svd:select=budget;budget_share=0.5", "quantize", "cleanup")
 DEFAULT_RECIPE = "lossless"
 
 

@@ -38,7 +38,9 @@ import onnx_ir as ir
 from onnx_ir.passes import common as irp
 from onnxscript.version_converter import _version_converter as onnxscript_vc
 
+from graphopt.analyses import infer_shapes
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset, register
+from graphopt.size import data_bytes
 from graphopt.tolerance import Exact
 
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -70,13 +72,16 @@ class RaiseOpset(Pass):
                       f"opset {current} > target {target}; lowering an opset is not supported")
             ctx.no_match(self.name, "model", reason)
             return PassResult(model, False, {"skipped": reason})
+        bytes_before = data_bytes(model)
         irp.InlinePass()(model)  # both converters convert the main graph and its subgraphs only
         steps = conversion_steps(current, target)
         for converter, version in steps:
             CONVERTERS[converter](model, version)
         _raise_ir_version(model, target)
+        # attributes that became inputs (Reshape shape, Unsqueeze axes, Clip bounds) are new constants
         return PassResult(model, True, {"from": current, "to": target,
-                                        "steps": [f"{c}:{v}" for c, v in steps]})
+                                        "steps": [f"{c}:{v}" for c, v in steps],
+                                        "bytes_added": data_bytes(model) - bytes_before})
 
 
 def conversion_steps(current: int, target: int) -> list[tuple[str, int]]:
@@ -93,7 +98,7 @@ def conversion_steps(current: int, target: int) -> list[tuple[str, int]]:
 
 def convert_with_onnxscript(model: ir.Model, target: int) -> None:
     """In place, in the IR; raises where onnxscript reports a node it could not convert."""
-    irp.ShapeInferencePass(strict_mode=False)(model)
+    infer_shapes(model, strict=False)  # onnx_ir's pass would give sequence values tensor types
     with _captured_warnings(onnxscript_vc.logger.name) as skipped:
         onnxscript_vc.convert_version(model, target)
     if skipped:

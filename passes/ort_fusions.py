@@ -13,7 +13,10 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-from graphopt.pass_api import Pass, PassContext, PassResult, quiet_libraries, register
+from graphopt.pass_api import (Pass, PassContext, PassResult, default_opset, quiet_libraries, register,
+                               structure_fingerprint)
+from graphopt.passes.folding import NEEDS_OPSET_13, initializer_inputs_kept
+from graphopt.size import data_bytes
 from graphopt.tolerance import Reassoc
 
 
@@ -24,12 +27,31 @@ class OrtFusions(Pass):
     tolerance = Reassoc(rtol=2e-3, atol=1e-3)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        before = sum(1 for _ in model.graph)
-        with quiet_libraries():
+        refusal = _refusal(model)
+        if refusal:
+            ctx.no_match(self.name, "model", refusal)
+            return PassResult(model, False, {"skipped": refusal})
+        before, bytes_before = structure_fingerprint(model), data_bytes(model)
+        with quiet_libraries(), initializer_inputs_kept(model):
             model, counts = optimize_for_ort(model)
         fused = {name: n for name, n in counts.items() if n}
         for name in counts:
             if not counts[name]:
                 ctx.no_match(self.name, "model", f"{name}: no match")
-        after = sum(1 for _ in model.graph)
-        return PassResult(model, bool(fused) or after != before, {"fusions": fused})
+        # optimize_for_ort also cleans up (e.g. drops IR-3 initializer inputs) without counting it
+        return PassResult(model, bool(fused) or structure_fingerprint(model) != before,
+                          {"fusions": fused, "bytes_added": data_bytes(model) - bytes_before})
+
+
+def _refusal(model: ir.Model) -> str | None:
+    """optimize_for_ort constant-folds with onnxscript's folder, which rewrites these sequence ops
+    into opset-13 forms (axes/split as inputs) whatever the model's opset (see folding.py)."""
+    opset = default_opset(model)
+    if opset >= 13:
+        return None
+    found = sorted({n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                    if n.domain in ("", "ai.onnx") and n.op_type in NEEDS_OPSET_13})
+    if found:
+        return (f"{', '.join(found)} at opset {opset}: onnxscript's optimize_for_ort would rewrite it "
+                "into an opset-13 form (raise the opset first)")
+    return None

@@ -23,7 +23,8 @@ from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
 from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleSet
 
 from graphopt.analyses import Shapes
-from graphopt.pass_api import PassContext, PassResult, default_opset, quiet_libraries
+from graphopt.pass_api import PassContext, PassResult, default_opset, quiet_libraries, structure_fingerprint
+from graphopt.size import data_bytes
 
 NO_LIMIT = 10_000
 
@@ -76,6 +77,7 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
         return PassResult(model, False, {"skipped": f"opset {opset}"})
     if group.needs_shapes:
         ctx.analysis(Shapes, model)
+    bytes_before, fingerprint = data_bytes(model), structure_fingerprint(model)
     snapshot = model.clone()  # restart point if a library rule raises mid-rewrite
     active, gated = group.rules_for(opset)
     for name in sorted({n.split(".")[0] for n in gated}):
@@ -92,10 +94,12 @@ def apply_rule_group(pass_name: str, group: RuleGroup, model: ir.Model, ctx: Pas
     if ctx.logger.isEnabledFor(logging.DEBUG):
         _log_refusals(pass_name, active, model, ctx)
     applied = {name: n for name, n in counts.items() if n}
-    if applied:  # rewrites leave the replaced weights behind; drop what nothing reads
-        with quiet_libraries():
-            RemoveUnusedNodesPass()(model)
-    return PassResult(model, bool(applied), {"rewrites": applied})
+    if not applied:  # onnxscript's rewriter drops dead nodes even when no rule fired: say so
+        return PassResult(model, structure_fingerprint(model) != fingerprint, {"rewrites": {}})
+    with quiet_libraries():  # rewrites leave the replaced weights behind; drop what nothing reads
+        RemoveUnusedNodesPass()(model)
+    # a fused weight can add bytes (BN folded into a shared weight gives each user its own copy)
+    return PassResult(model, True, {"rewrites": applied, "bytes_added": data_bytes(model) - bytes_before})
 
 
 class _RuleRaised(Exception):

@@ -1,6 +1,7 @@
 """Extra guards around library rules, and small rules the library lacks.
 
-- Relu and Clip compose into one Clip (constant scalar bounds): Clip(Relu(x), lo, hi) =
+- Relu and Clip compose into one Clip (constant scalar bounds, written in the input's element
+  type): Clip(Relu(x), lo, hi) =
   Clip(x, max(lo,0), hi) and Relu(Clip(x, lo, hi)) = Clip(x, max(lo,0), max(hi,0)).
   Clip(Clip(x, a, b), c, d) = Clip(x, max(a,c), min(b,d)) when the intervals overlap.
   onnxscript 0.7.2's successive Relu/Clip and Clip/Clip rules miss Relu→Clip and crash on it
@@ -61,6 +62,19 @@ def _clip_bounds(node) -> tuple[float | None, float | None, bool]:
     return lo, hi, ok
 
 
+def bound_dtype(x, *clips) -> np.dtype | None:
+    """The element type new Clip bounds must have: x's, or, when x is untyped (no shape
+    inference ran), that of an existing constant bound (Clip's inputs share one type). A bound
+    written as float64 into a float32 Clip made a model the checker rejects."""
+    if x.dtype is not None:
+        return x.dtype.numpy()
+    for clip in clips:
+        for bound in clip.inputs[1:3]:
+            if bound is not None and bound.const_value is not None:
+                return bound.const_value.dtype.numpy()
+    return None
+
+
 class _ReluClipBase(pattern.RewriteRuleClassBase):
     """Clip(Relu(x), lo, hi) = Clip(x, max(lo, 0), hi); Relu(Clip(x, lo, hi)) = Clip(x, max(lo, 0), max(hi, 0))."""
 
@@ -69,11 +83,13 @@ class _ReluClipBase(pattern.RewriteRuleClassBase):
         _, _, ok = _clip_bounds(clip)
         if not ok:
             return MatchResult().fail("Clip bounds are not constant scalars")
+        if bound_dtype(x, clip) is None:
+            return MatchResult().fail("the element type of the Clip input is unknown")
         return MatchResult()
 
     def rewrite(self, op, x, out, **_):
         lo, hi, _ = _clip_bounds(self._clip_node(out))
-        dtype = x.dtype.numpy() if x.dtype is not None else None
+        dtype = bound_dtype(x, self._clip_node(out))
         new_lo = max(lo if lo is not None else 0.0, 0.0)
         new_hi = hi if self.clip_outside else (max(hi, 0.0) if hi is not None else None)
         bounds = [op.initializer(ir.tensor(np.array(new_lo, dtype=dtype)), f"{out.name}_lo")]
@@ -125,11 +141,13 @@ class ClipThenClip(pattern.RewriteRuleClassBase):
             return MatchResult().fail("Clip bounds are not constant scalars")
         if lo is not None and hi is not None and lo > hi:
             return MatchResult().fail("the two Clip intervals do not overlap")
+        if bound_dtype(x, inner.producer(), out.producer()) is None:
+            return MatchResult().fail("the element type of the Clip input is unknown")
         return MatchResult()
 
     def rewrite(self, op, x, inner, out):
         lo, hi, _ = self._bounds(inner, out)
-        dtype = x.dtype.numpy() if x.dtype is not None else np.float32
+        dtype = bound_dtype(x, inner.producer(), out.producer())
         bound = lambda v, tag: op.initializer(ir.tensor(np.array(v, dtype=dtype)), f"{out.name}_{tag}")  # noqa: E731
         args = [bound(lo, "lo") if lo is not None else None] + ([bound(hi, "hi")] if hi is not None else [])
         return op.Clip(x, *args)

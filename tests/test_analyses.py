@@ -96,3 +96,22 @@ def test_fresh_names_avoid_every_name_in_the_model_and_subgraphs():
     fresh = [names.fresh(existing) for _ in range(3)]
     assert len(set(fresh)) == 3 and not set(fresh) & taken
     assert names.fresh("brand_new") == "brand_new" and names.fresh("brand_new") == "brand_new_1"
+
+
+def test_shape_inference_keeps_sequence_types():
+    """onnx_ir 1.1's ShapeInferencePass merged only dtype/shape, so sequence values got tensor
+    types and the checker rejected the model (simple/test_sequence_model1 through fuse-bn)."""
+    from graphopt.analyses import infer_shapes
+    from graphopt.verify import structural_problems
+
+    model = ir.serde.deserialize_model(parse("""
+    <ir_version: 7, opset_import: ["" : 12]>
+    g (float[2, 3] x, int64 pos) => (float[?, 3] out) {
+        empty = SequenceEmpty()
+        s1 = SequenceInsert(empty, x)
+        out = SequenceAt(s1, pos)
+    }
+    """))
+    assert infer_shapes(model)
+    s1 = next(n for n in model.graph if n.op_type == "SequenceInsert").outputs[0]
+    assert isinstance(s1.type, ir.SequenceType) and structural_problems(model) == []

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
 import models
+from conftest import parse
 from graphopt import optimize
 from graphopt.errors import VerificationError
-from graphopt.pass_api import Pass, PassContext, PassResult
+from graphopt.pass_api import Pass, PassContext, PassResult, get_pass
 from graphopt.tolerance import Lossy, Reassoc
 
 
@@ -152,3 +154,81 @@ def passes_from_spec_(spec):
     from graphopt.recipes import passes_from_spec
 
     return passes_from_spec(spec)
+
+
+# --- regressions found by the robustness sweep (tests/robustness) --------------------------
+
+IR3_WITH_CONSTANT = """
+<ir_version: 3, opset_import: ["" : 8]>
+g (float[2] x) => (float[2] y) {
+    c = Constant <value = float[2] {1.5, 2.5}> ()
+    y = Mul(x, c)
+}
+"""
+
+
+def test_structural_check_sees_ir3_initializers_that_are_not_inputs():
+    """onnx_ir's CheckerPass lists initializers as inputs while it checks, so the checker could not
+    see an IR-3 model with an initializer missing from the inputs (the saved file fails)."""
+    from graphopt.verify import structural_problems
+
+    model = ir.serde.deserialize_model(onnx.parser.parse_model(IR3_WITH_CONSTANT))
+    get_pass("lift-constants")().run(model, PassContext())
+    assert structural_problems(model) == [
+        "onnx.checker: initializer 'c' is not a graph input (IR version 3 requires it; 1 such initializer(s))"]
+
+
+def test_pass_adding_initializers_to_an_ir3_model_raises_ir_version(tmp_path):
+    """IR-3 models (pytorch-converted/test_PixelShuffle): lift-constants made a file the checker
+    rejects; the manager now raises IR 3 to 4 (which only drops that requirement) and says so."""
+    src = tmp_path / "in.onnx"
+    onnx.save(onnx.parser.parse_model(IR3_WITH_CONSTANT), src)
+    result = optimize(src, tmp_path / "out.onnx", passes="lift-constants")
+    record = result.report["passes"][0]
+    assert record["applied"] and record["stats"]["ir_version"].startswith("3 -> 4")
+    onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+
+
+class SilentBreak(Pass):
+    """Changes the graph (Relu -> Sigmoid) but reports no change."""
+
+    name = "silent-break"
+
+    def run(self, model, ctx):
+        next(n for n in model.graph if n.op_type == "Relu").op_type = "Sigmoid"
+        return PassResult(model, False)
+
+
+class SilentTypeBreak(Pass):
+    """Gives an intermediate value a wrong rank (as a buggy shape inference did) and reports no change."""
+
+    name = "silent-type-break"
+
+    def run(self, model, ctx):
+        node = next(n for n in model.graph if n.op_type == "Relu")
+        node.outputs[0].shape = ir.Shape([1, 2, 3, 4, 5, 6])
+        node.outputs[0].dtype = ir.DataType.FLOAT
+        return PassResult(model, False)
+
+
+@pytest.mark.parametrize("bad_pass, reason", [
+    (SilentBreak(), "max abs error"),
+    (SilentTypeBreak(), "reported no change but left value types/shapes the checker rejects"),
+])
+def test_a_pass_saying_no_change_is_not_trusted(bad_pass, reason):
+    result = optimize(models.mlp(), passes=[bad_pass])
+    record = result.report["passes"][0]
+    assert record["rolled_back"] and reason in record["error"]
+    assert ("unreported_change" in record["stats"]) == isinstance(bad_pass, SilentBreak)
+    assert all(n.op_type != "Sigmoid" for n in result.model.graph.node)
+
+
+def test_models_with_string_outputs_are_compared():
+    """Comparing string outputs raised TypeError (abs of str): simple/test_strnorm_* crashed."""
+    proto = parse("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[2] x) => (string[2] s) { r = Relu(x)
+        s = Cast <to = 8> (r) }
+    """)
+    result = optimize(proto, passes="cleanup,fold-constants")
+    assert result.report["summary"]["passes_rolled_back"] == []

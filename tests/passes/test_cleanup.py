@@ -156,3 +156,68 @@ def test_topo_sort_fixes_order():
     assert structural_problems(model)
     result = get_pass("topo-sort")().run(model, PassContext())
     assert result.modified and structural_problems(result.model) == []
+
+
+# --- regressions found by the robustness sweep (tests/robustness) --------------------------
+
+def test_dedup_copes_with_a_strided_weight():
+    """Folding Transpose(W) leaves a tensor wrapping a strided numpy view; onnx_ir's dedup hashed
+    its buffer and raised "ndarray is not C-contiguous" (pytorch-converted/test_Linear_no_bias)."""
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    model = ir.serde.deserialize_model(parse("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[2, 4] x) => (float[2, 3] y) <float[4, 3] w = {0,1,2,3,4,5,6,7,8,9,10,11}> { y = MatMul(x, w) }
+    """))
+    model.graph.initializers["w"].const_value = ir.tensor(weight.T)  # a view: not C-contiguous
+    result = get_pass("dedup-initializers")().run(model, PassContext())
+    assert result.modified and result.stats["made_contiguous"] == 1
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), weight.T)
+
+
+def test_remove_unused_reports_trimmed_node_outputs():
+    """onnx_ir drops an unused Dropout mask output but says "no change" (zoo bvlc_alexnet)."""
+    model, modified, _ = apply("remove-unused", parse("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) { y, mask = Dropout(x) }
+    """))
+    assert modified and len(model.graph.node(0).outputs) == 1
+
+
+def test_cse_keeps_the_type_of_a_graph_output():
+    """Three equal Relu(x), the last one a graph output: onnx_ir's CSE kept the output name on an
+    untyped value and the checker rejected the model (found by the property tests)."""
+    proto = parse("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 2] x) => (float[1, 2] r3) { r1 = Relu(x)
+        r2 = Relu(x)
+        r3 = Relu(x) }
+    """)
+    model, modified, stats = apply("cse", proto)
+    assert modified and stats["nodes_removed"] == 2 and structural_problems(model) == []
+    assert model.graph.outputs[0].name == "r3" and model.graph.outputs[0].shape == ir.Shape([1, 2])
+
+
+def test_lift_constants_adds_no_data():
+    model, modified, stats = apply("lift-constants", parse("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) { c = Constant <value = float[2] {1.5, 2.5}> ()
+        y = Mul(x, c) }
+    """))
+    assert modified and stats["bytes_added"] == 0
+
+
+def test_initializers_not_inputs_is_judged_as_reassociation():
+    """Overridable weights become constants, so ORT switches to its pre-packed MatMul kernel:
+    6 ulp on this MatMul. Declared `exact`, the pass was rolled back (property tests)."""
+    from graphopt import optimize
+
+    proto = parse("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 1, 4] x, float[4, 1] w) => (float[1, 1, 1] y)
+      <float[4, 1] w = {0.06286511, -0.06605243, 0.32021132, 0.052450057}> { y = MatMul(x, w) }
+    """)
+    feed = {"x": np.array([[[0.3, -1.2, 0.7, 2.2]]], np.float32)}
+    result = optimize(proto, passes="initializers-not-inputs", data=[feed])
+    record = result.report["passes"][0]
+    assert record["applied"] and not record["rolled_back"] and record["stats"]["inputs_removed"] == 1
+    assert get_pass("initializers-not-inputs").tolerance.kind == "reassoc"

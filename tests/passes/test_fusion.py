@@ -11,6 +11,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import models
 from conftest import parse, run_ort
 from graphopt import optimize
 from graphopt.pass_api import PassContext, get_pass
@@ -348,3 +349,56 @@ def test_hardswish_only_where_the_opset_has_it(opset, fused, caplog):
     if not fused:
         assert "hardswish: needs opset 14, model has 12" in caplog.text
     assert_close(proto, model, _feed([2, 8]))
+
+
+# --- regressions found by the robustness sweep (tests/robustness) --------------------------
+
+def test_rule_group_reports_dead_nodes_it_removed():
+    """onnxscript's rewriter drops dead nodes even when no rule fires; the pass said "no change"
+    (builder redundant_model through fuse-pad-conv) and the file differed from the input."""
+    proto = models.redundant_model()
+    model = ir.serde.deserialize_model(proto)
+    before = sum(1 for _ in model.graph)
+    result = get_pass("fuse-pad-conv")().run(model, PassContext())
+    assert result.stats["rewrites"] == {}
+    assert result.modified == (sum(1 for _ in result.model.graph) != before)
+
+
+def test_fused_weights_are_declared_as_added_bytes():
+    """BN folded into a weight shared by two convolutions gives each its own copy: the bytes
+    the file grows by are in the pass's stats."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w")
+    bn_params = [numpy_helper.from_array(v.astype(np.float32), f"{name}{i}") for i in (1, 2)
+                 for name, v in (("g", rng.uniform(0.5, 1.5, 4)), ("b", rng.standard_normal(4)),
+                                 ("m", rng.standard_normal(4)), ("v", rng.uniform(0.5, 1.5, 4)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["y1"]),
+             helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["y2"])]
+    proto = _model(nodes, [_vi("x", [1, 4, 5, 5])], [_vi("y1", [1, 4, 5, 5]), _vi("y2", [1, 4, 5, 5])],
+                   [weight, *bn_params])
+    model, stats = apply("fuse-bn", proto)
+    # + two 4x4x3x3 weights and two biases, - the shared weight and both BNs' parameters
+    assert stats["rewrites"] == {"conv": 2} and stats["bytes_added"] == 4 * (144 + 8 - 32)
+
+
+def test_relu_clip_bounds_take_the_input_type_when_shapes_are_not_inferred():
+    """Relu(Clip(Relu(a))) with `a` untyped: the merged Clip got float64 bounds in a float32
+    graph and the checker rejected it (found by the property tests)."""
+    from graphopt.verify import structural_problems
+
+    model, stats = apply("fuse-activations", parse("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 2] x) => (float[1, 2] y) {
+        a = Relu(x)
+        b = Relu(a)
+        lo = Constant <value = float {-1.0}> ()
+        hi = Constant <value = float {1.0}> ()
+        c = Clip(b, lo, hi)
+        y = Relu(c)
+    }
+    """))
+    assert sum(stats["rewrites"].values()) >= 2 and structural_problems(model) == []
+    clip = next(n for n in model.graph if n.op_type == "Clip")
+    assert all(v.const_value.dtype == ir.DataType.FLOAT for v in clip.inputs[1:] if v is not None)

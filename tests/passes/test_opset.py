@@ -230,3 +230,21 @@ def test_small_initializers_travel_and_large_ones_come_back_by_identity():
     large = [name for name, t in before.items() if t.size > 1024]
     assert large and all(after[name].const_value is before[name] for name in large)
     assert not any(v.name in after for v in model.graph.inputs)
+
+
+def test_sequence_values_keep_their_type():
+    """onnx_ir's ShapeInferencePass gave sequence values tensor types (SequenceInsert's output
+    became tensor(float)); the converted model failed the checker (simple/test_sequence_model1)."""
+    proto = onnx.parser.parse_model("""
+    <ir_version: 7, opset_import: ["" : 12]>
+    g (float[2, 3] x, float[1, 3] y, int64 pos) => (float[?, 3] out) {
+        empty = SequenceEmpty()
+        s1 = SequenceInsert(empty, x)
+        s2 = SequenceInsert(s1, y)
+        out = SequenceAt(s2, pos)
+    }
+    """)
+    model, modified, stats = raise_opset(proto, 20)  # asserts the result passes the checker
+    assert modified and stats["steps"] == ["onnx:18", "onnxscript:20"]
+    assert not isinstance(next(n for n in model.graph if n.op_type == "SequenceInsert").outputs[0].type,
+                          ir.TensorType)
