@@ -1,12 +1,13 @@
 """Per-output comparison metrics between a reference and a candidate run.
 
 cosine similarity, max / mean absolute error, max ulp distance, SNR in dB
-(10·log10(Σref² / Σ(ref−cand)²)) and, for [batch, classes] outputs, top-1 agreement.
+(10·log10(Σref² / Σ(ref−cand)²)) and top-1 agreement for [batch, classes] outputs and for
+N-D softmax outputs ([N, T, C]: argmax over the last axis, agreement per position).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -100,6 +101,23 @@ def _top1(ref: np.ndarray, cand: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)))
 
 
+def _is_distribution(array: np.ndarray) -> bool:
+    """Probabilities over the last axis (a softmax output: values in [0, 1] summing to 1)."""
+    if array.ndim < 3 or array.shape[-1] < 2 or array.dtype.kind != "f" or not array.size:
+        return False
+    sums = array.sum(axis=-1, dtype=np.float64)
+    return bool(array.min() >= 0 and array.max() <= 1 + 1e-6 and np.allclose(sums, 1.0, atol=1e-3))
+
+
+def _sequence_top1(ref: list[np.ndarray], cand: list[np.ndarray]) -> float | None:
+    """Top-1 agreement per position of N-D softmax outputs ([N, T, C]: a CTC recognizer, a
+    token classifier), over all feeds; None for anything else (2-D outputs use `_top1`)."""
+    if not ref or not all(_is_distribution(r) for r in ref):
+        return None
+    agree = sum(int(np.sum(np.argmax(r, axis=-1) == np.argmax(c, axis=-1))) for r, c in zip(ref, cand))
+    return agree / sum(r[..., 0].size for r in ref)
+
+
 def compare_outputs(ref: list[dict[str, np.ndarray]], cand: list[dict[str, np.ndarray]],
                     ) -> dict[str, OutputMetrics]:
     """Metrics per output name, over all feeds (arrays concatenated along a new axis)."""
@@ -112,6 +130,9 @@ def compare_outputs(ref: list[dict[str, np.ndarray]], cand: list[dict[str, np.nd
             result[name] = shape_mismatch()
             continue
         result[name] = compare_arrays(_stack(r), _stack(c))
+        sequence_top1 = _sequence_top1(r, c)
+        if sequence_top1 is not None:
+            result[name] = replace(result[name], top1=sequence_top1)
     return result
 
 

@@ -1,10 +1,11 @@
 """Budget fallback: put the fewest quantized nodes back to float until the budget holds.
 
-Sensitivity of a unit u (a quantized node) is measured on the held-out feeds: how much the
-budget metric m improves when u alone goes back to float in the fully quantized model,
+Units (quantized nodes) are ranked by sensitivity: by default with a free proxy, the worst SQNR
+among u's quantized inputs and weight (from the per-tensor report), or, with `rank="measured"`,
+by one held-out measurement per unit: how much the budget metric m improves when u alone goes
+back to float in the fully quantized model,
     gain(u) = m(Q \\ {u}) - m(Q)      (for max_abs: the decrease).
-(`rank="sqnr"` uses a cheaper proxy, the worst SQNR among u's quantized inputs and weight.)
-With units sorted by gain, the smallest prefix that meets the budget is found by doubling then
+With units in that order, the smallest prefix that meets the budget is found by doubling then
 bisection (O(log n) measurements), then each fallback is tried back in quantized form, least
 sensitive first, and stays quantized if the budget still holds. The stats list every fallback
 with its measured effect m(without it in float) -> m(with).
@@ -39,7 +40,7 @@ class _Search:
         self.build, self.ev, self.budget = build, ev, budget
         self.metric = next(iter(budget.limits))
         self.progress = progress or (lambda message: None)
-        self.measured: dict[frozenset[str], tuple[bool, float, Candidate | None]] = {}
+        self.measured: dict[frozenset[str], tuple[bool, float]] = {}
 
     def score(self, metrics) -> float:
         value = worst(metrics, self.metric)
@@ -51,26 +52,19 @@ class _Search:
         if disabled not in self.measured:
             candidate = self.build(disabled)
             ok, metrics = self.ev.fits(candidate.model, self.budget)
-            self.measured[disabled] = (ok, self.score(metrics), None)
+            self.measured[disabled] = (ok, self.score(metrics))
             del candidate
             self.progress(f"quantize: {len(disabled)} node(s) in float: {self.metric} "
                           f"{worst(metrics, self.metric):.5g} ({'fits' if ok else 'misses'} the budget)")
-        ok, score, _ = self.measured[disabled]
-        return ok, score
-
-    def candidate(self, disabled: frozenset[str]) -> Candidate:
-        entry = self.measured.get(disabled)
-        if entry is None or entry[2] is None:
-            return self.build(disabled)
-        return entry[2]
+        return self.measured[disabled]
 
 
 def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max_fallback: int,
-               progress=None, rank: str = "measured", proxy: dict[str, float] | None = None):
+               progress=None, rank: str = "sqnr", proxy: dict[str, float] | None = None):
     """The candidate with the fewest float fallbacks that meets `budget`, and a report."""
     search = _Search(build, ev, budget, progress)
     ok, metrics = ev.fits(full.model, budget)
-    search.measured[frozenset()] = (ok, search.score(metrics), full)
+    search.measured[frozenset()] = (ok, search.score(metrics))
     report = {"measured": True, "limits": dict(budget.limits), "all_quantized": summarize(metrics)}
     if ok or max_fallback == 0:
         return full, {**report, "fits": ok, "fallbacks": []}
@@ -81,9 +75,9 @@ def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max
         search.try_(worst_case)
         report["reason"] = (f"the budget is not met even with {len(worst_case)} node(s) in float "
                             "(max_fallback); the result misses it")
-        return search.candidate(worst_case), {**report, "fits": False, "fallbacks": sorted(worst_case)}
+        return build(worst_case), {**report, "fits": False, "fallbacks": sorted(worst_case)}
     kept, effects = _prune(chosen, order, search)
-    best = search.candidate(kept)
+    best = build(kept) if kept else full
     final = summarize(ev.measure(best.model))
     return best, {**report, "fits": True, "final": final, "fallbacks": effects,
                   "measurements": len(search.measured)}

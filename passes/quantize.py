@@ -64,7 +64,7 @@ class QuantizeOptions:
     rank: Literal["sqnr", "measured"] = "sqnr"  # fallback order: SQNR proxy, or one measurement per node
     sqnr_batches: int = 4  # calibration batches the per-tensor SQNR report uses
     calib_max_bytes: int = 512 * 2**20
-    cache_dir: str = ""
+    cache_dir: str = ""  # calibration cache: "" = default folder, "off" = none, else a folder
     speed_check: bool = True  # ort-cpu: keep only the op families whose int8 kernels are faster here
     speed_runs: int = 10
     speed_margin: float = 0.03  # int8 must be at least this much faster than float to be kept

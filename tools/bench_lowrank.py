@@ -148,10 +148,19 @@ def weight_flops(path: Path, feed: dict, ops: tuple[str, ...]) -> float:
     ShapeInferencePass(strict_mode=False)(model)
     total = 0
     for node in model.graph:
-        if node.op_type in ops and len(node.inputs) > 1 and node.inputs[1] is not None \
-                and node.inputs[1].const_value is not None:
+        if node.op_type in ops and len(node.inputs) > 1 and _constant_weight(node.inputs[1]):
             total += _node_macs(node)[0]
     return 2.0 * total
+
+
+def _constant_weight(value: ir.Value | None) -> bool:
+    """A constant, or a DequantizeLinear of a constant (the int8 rows' QDQ weights)."""
+    if value is None:
+        return False
+    producer = value.producer()
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        value = producer.inputs[0]
+    return value.const_value is not None
 
 
 def fidelity(case: Case, ref: list[dict], path: Path) -> str:

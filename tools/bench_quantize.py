@@ -23,7 +23,9 @@ Usage: python tools/bench_quantize.py [--models minilm,det,rec,cls] [--methods p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,7 @@ def session(path: Path, threads: int, provider: str = "CPUExecutionProvider") ->
 
 
 def graphopt_int8(case: QuantCase, out: Path, method: str, base: str, threads: int, profile: str = "ort-cpu"):
-    spec = f"quantize:method={method};profile={profile};threads={threads};cache_dir="
+    spec = f"quantize:method={method};profile={profile};threads={threads};cache_dir=off"
     start = time.perf_counter()
     result = optimize(case.source, out, passes=",".join((*RECIPES[base], spec)), calib=case.calib,
                       data=case.budget_data, budget=case.budget)
@@ -96,25 +98,37 @@ def ort_static(case: QuantCase, out: Path, method: str, notes: list[str]):
 
     source = case.source
     prep = out.with_suffix(".prep.onnx")
-    try:
-        quant_pre_process(str(case.source), str(prep))
-        source = prep
-    except Exception as exc:  # noqa: BLE001  (recorded, not hidden)
-        notes.append(f"{case.name}: ORT quant_pre_process failed: {_first_line(exc)}")
-    reader = _Reader([{k: v for k, v in f.items()} for f in case.calib])
-    start = time.perf_counter()
-    quantize_static(str(source), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                      "entropy": CalibrationMethod.Entropy}[method])
+    with _inside(out.parent):  # ORT's tools write scratch files into the working directory
+        try:
+            quant_pre_process(str(case.source), str(prep))
+            source = prep
+        except Exception as exc:  # noqa: BLE001  (recorded, not hidden)
+            notes.append(f"{case.name}: ORT quant_pre_process failed: {_first_line(exc)}")
+        reader = _Reader([{k: v for k, v in f.items()} for f in case.calib])
+        start = time.perf_counter()
+        quantize_static(str(source), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                          "entropy": CalibrationMethod.Entropy}[method])
     return time.perf_counter() - start, ""
+
+
+@contextlib.contextmanager
+def _inside(folder: Path):
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def ort_dynamic(case: QuantCase, out: Path, notes: list[str]):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     start = time.perf_counter()
-    quantize_dynamic(str(case.source), str(out), weight_type=QuantType.QInt8)
+    with _inside(out.parent):
+        quantize_dynamic(str(case.source), str(out), weight_type=QuantType.QInt8)
     return time.perf_counter() - start, ""
 
 

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from conftest import parse, run_ort
 from graphopt import optimize
@@ -52,7 +52,7 @@ def quantize(proto: onnx.ModelProto, feeds: list[dict], holdout: list[dict] | No
     model = ir.serde.deserialize_model(proto)
     ctx = PassContext(calibration=lambda: iter(feeds), holdout=holdout or [], budget=budget or Budget())
     options.setdefault("speed_check", False)  # timing: only where a test asks for it
-    result = get_pass("quantize")(cache_dir="", **options).run(model, ctx)
+    result = get_pass("quantize")(cache_dir="off", **options).run(model, ctx)
     out = ir.serde.serialize_model(result.model)
     onnx.checker.check_model(out, full_check=True)
     return out, result
@@ -282,7 +282,7 @@ def test_embedding_gather_reads_an_int8_table():
     proto = _model(text, table=table)
     model = ir.serde.deserialize_model(proto)
     ids = np.array([[1, 7, 0, 49, 3], [2, 2, 9, 10, 11]], np.int64)
-    result = get_pass("quantize")(cache_dir="", speed_check=False).run(
+    result = get_pass("quantize")(cache_dir="off", speed_check=False).run(
         model, PassContext(calibration=lambda: iter([{"ids": ids}])))
     out = ir.serde.serialize_model(result.model)
     inits = _initializers(out)
@@ -502,7 +502,7 @@ def test_speed_check_leaves_the_model_float_when_int8_is_slower(monkeypatch):
     _fake_timings(monkeypatch, {"float": 10.0, "int8": 14.0, "no conv": 10.1, "no matmul": 15.0})
     model = ir.serde.deserialize_model(proto)
     ctx = PassContext(calibration=lambda: iter(feeds), holdout=feeds[:1])
-    result = get_pass("quantize")(cache_dir="").run(model, ctx)
+    result = get_pass("quantize")(cache_dir="off").run(model, ctx)
     assert not result.modified and "int8 measured slower than float" in result.stats["skipped"]
     assert result.model is model and default_opset(model) == 17
 
@@ -553,7 +553,23 @@ def test_empty_or_mismatched_calibration_data_is_a_clear_error():
 def test_through_optimize_with_budget_is_applied_not_rolled_back():
     proto = mlp(batch="batch")
     feeds = _feeds(proto, 4)
-    result = optimize(proto, passes="quantize:cache_dir=;speed_check=false", data=feeds, budget=["cosine=0.99"])
+    result = optimize(proto, passes="quantize:cache_dir=off;speed_check=false", data=feeds, budget=["cosine=0.99"])
     record = result.report["passes"][0]
     assert record["applied"] and not record["rolled_back"]
     assert record["stats"]["budget"]["fits"]
+
+
+def test_top1_budget_covers_sequence_softmax_outputs():
+    """A CTC recognizer's [N, T, C] softmax output: top-1 agreement per position, so
+    `--budget top1=...` means "decoded characters agree" (graphopt/metrics.py)."""
+    from graphopt.metrics import compare_outputs
+
+    probs = np.random.default_rng(0).random((2, 5, 4))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    flipped = probs.copy()
+    flipped[0, 0] = np.roll(flipped[0, 0], 1) if np.argmax(np.roll(flipped[0, 0], 1)) != np.argmax(flipped[0, 0]) \
+        else flipped[0, 0][::-1]
+    metrics = compare_outputs([{"y": probs}, {"y": probs}], [{"y": flipped}, {"y": probs}])
+    assert metrics["y"].top1 == pytest.approx(19 / 20)
+    hidden = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)  # not probabilities
+    assert compare_outputs([{"y": hidden}], [{"y": hidden}])["y"].top1 is None

@@ -36,7 +36,7 @@ def test_minilm_int8_keeps_embeddings_and_runs_integer_kernels(minilm_path, tmp_
     check = [minilm_tokenize(MINILM_SENTENCES[12:16], 24)]
     held = minilm_tokenize(MINILM_SENTENCES[48:56], 32)
     out = tmp_path / "minilm.int8.onnx"
-    result = optimize(minilm_path, out, passes="quantize:speed_check=false;cache_dir=", calib=calib, data=check,
+    result = optimize(minilm_path, out, passes="quantize:speed_check=false;cache_dir=off", calib=calib, data=check,
                       budget=["cosine=0.99"])
     stats = result.report["passes"][0]["stats"]
     assert result.report["passes"][0]["applied"] and stats["budget"]["fits"]
@@ -55,7 +55,7 @@ def test_ppocr_cls_weights_in_constant_nodes(tmp_path):
     calib = [{"x": ppocr_inputs("cls", 8, seed=1)["x"]}]
     held = ppocr_inputs("cls", 16, seed=2)
     out = tmp_path / "cls.int8.onnx"
-    result = optimize(ppocr_models()["cls"], out, passes="lift-constants,quantize:speed_check=false;cache_dir=",
+    result = optimize(ppocr_models()["cls"], out, passes="lift-constants,quantize:speed_check=false;cache_dir=off",
                       calib=calib, data=[held])
     record = result.report["passes"][1]
     assert record["applied"] and record["stats"]["quantized_by_op"]["Conv"] >= 30
