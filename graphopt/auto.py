@@ -27,11 +27,13 @@ from graphopt.runtime import create_session
 
 TIE = 0.03
 LOSSLESS = "lossless"
+MODERN = "opset:target=20"
 CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lossless", ()),
-    ("int8 percentile", ("quantize:method=percentile",)),
-    ("int8 minmax", ("quantize:method=minmax",)),
-    ("int8 entropy", ("quantize:method=entropy",)),
+    ("modern", (MODERN,)),
+    ("int8 percentile", (MODERN, "quantize:method=percentile")),  # = the int8 recipe
+    ("int8 minmax", (MODERN, "quantize:method=minmax")),
+    ("int8 entropy", (MODERN, "quantize:method=entropy")),
     ("svd budget", ("svd:select=budget",)),
     ("svd budget + int8", ("svd:select=budget;budget_share=0.5", "quantize:method=entropy")),
     ("prune-channels budget", ("prune-channels:mode=budget",)),
@@ -58,11 +60,14 @@ class Trial:
 
 
 def candidate_chains(lossless: tuple[str, ...], registered: set[str]) -> list[tuple[str, list[str]]]:
-    """Named chains (lossless recipe + the candidate's lossy passes) whose passes all exist."""
+    """Named chains (lossless recipe + the candidate's lossy passes) whose passes all exist. An
+    opset raise goes first, so the clean-up and fusions see the new opset's ops (`modern`)."""
     chains = []
     for name, extra in CANDIDATES:
         if all(item.split(":", 1)[0] in registered for item in extra):
-            chains.append((name, [*lossless, *extra]))
+            first = [item for item in extra if item.split(":", 1)[0] == "opset"]
+            rest = [item for item in extra if item not in first]
+            chains.append((name, [*first, *lossless, *rest]))
     return chains
 
 

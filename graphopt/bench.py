@@ -67,15 +67,26 @@ def bench_model(model: ir.Model, feed: dict[str, np.ndarray], config: BenchConfi
     return result
 
 
+BLOCK_PAUSE_S = 0.02  # see interleaved_p50
+
+
 def interleaved_p50(sessions: list, feed: dict[str, np.ndarray], runs: int, block: int = 5,
                     warmup: int = 3) -> list[float]:
-    """Median ms of each session, timed in alternating blocks so machine noise hits all alike."""
+    """Median ms of each session, timed in alternating blocks so machine noise hits all alike.
+
+    Each block starts after a short pause (`BLOCK_PAUSE_S`): the worker threads of the session
+    timed just before keep spinning for a while and steal cores. Measured on MiniLM (2 cores,
+    three sessions): without the pause the int8 model's median was 15.6 ms, with it 10.0 ms,
+    the same as when timed alone; the float model's barely moved (18.1 vs 17.4 ms), so without
+    the pause every faster variant looked slower than it is."""
     for session in sessions:
         for _ in range(warmup):
             session.run(None, feed)
     samples: list[list[float]] = [[] for _ in sessions]
     while len(samples[0]) < runs:
         for session, times in zip(sessions, samples):
+            if len(sessions) > 1:
+                time.sleep(BLOCK_PAUSE_S)
             for _ in range(block):
                 start = time.perf_counter()
                 session.run(None, feed)

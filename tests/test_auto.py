@@ -39,8 +39,14 @@ def test_candidate_chains_skip_unregistered_passes():
     assert chains == [("lossless", ["cleanup"])]
 
 
+def test_candidate_chains_raise_the_opset_before_the_cleanup():
+    chains = dict(auto.candidate_chains(("cleanup",), {"cleanup", "opset", "quantize"}))
+    assert chains["modern"] == ["opset:target=20", "cleanup"]
+    assert chains["int8 percentile"] == ["opset:target=20", "cleanup", "quantize:method=percentile"]
+
+
 def test_auto_on_the_default_model_is_deterministic(monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "CANDIDATES", (("lossless", ()), ("modern", ("opset:target=20",))))
+    monkeypatch.setattr(auto, "CANDIDATES", (("lossless", ()), ("modern", (auto.MODERN,))))
     runs = [optimize("models/default.onnx", tmp_path / f"{i}.onnx", recipe="auto", goal="size",
                      budget={"cosine": 0.999}, bench_runs=5) for i in range(2)]
     first, second = (r.report["auto"] for r in runs)

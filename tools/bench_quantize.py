@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from graphopt import optimize  # noqa: E402
+from graphopt.bench import BLOCK_PAUSE_S  # noqa: E402
 from graphopt.recipes import RECIPES  # noqa: E402
 from quant_cases import CASES, QuantCase  # noqa: E402
 
@@ -194,6 +195,7 @@ def interleaved_wall_and_cpu(sessions, feed, runs: int, block: int = 5) -> tuple
     cpu = [[] for _ in sessions]
     while len(wall[0]) < runs:
         for s, w, c in zip(sessions, wall, cpu):
+            time.sleep(BLOCK_PAUSE_S)  # the previous session's threads stop spinning (graphopt.bench)
             for _ in range(block):
                 start, start_cpu = time.perf_counter(), time.thread_time()
                 s.run(None, feed)

@@ -1,7 +1,8 @@
 """graphopt's recipes vs the tools people use today, on the real models; writes docs/results.md.
 
 Models (models/tasks.py): all-MiniLM-L6-v2 and PP-OCR det/rec/cls with real inputs. Tools:
-every built-in graphopt recipe (lossless, modern, int8, compress, ... whatever is registered),
+every built-in graphopt recipe (lossless, modern, int8, compress, ... whatever is registered) and
+`--recipe auto` (default budget cosine 0.99, goal latency),
 onnxsim, onnxslim, onnxoptimizer, ONNX Runtime's quantizer (quant_pre_process, then
 quantize_static with U8 activations, S8 per-channel weights, reduce_range, MinMax; when
 pre-processing fails, quantize_static runs on the raw model and the failure is noted) and ONNX
@@ -96,7 +97,7 @@ def tool_commands(task: Task, data: Path, calib: Path) -> dict[str, list[str]]:
     """argv (after the python executable) per tool; the output path is appended."""
     tools = {f"graphopt {name}": ["-c", GRAPHOPT, "optimize", str(task.path), "--quiet", "--recipe", name,
                                   "--data", str(data), "--calib", str(calib), "-o"]
-             for name in RECIPES}
+             for name in (*RECIPES, "auto")}
     tools.update({name: ["-c", code, str(task.path)] for name, code in SIMPLIFIERS.items()})
     tools["ort quantize_static MinMax"] = ["-c", ORT_QUANTIZE, str(task.path), "OUT", str(calib), "MinMax"]
     tools["ort quantize_static Entropy"] = ["-c", ORT_QUANTIZE, str(task.path), "OUT", str(calib), "Entropy"]

@@ -38,12 +38,15 @@ def feeds_from(npz) -> tuple[dict, list[dict]]:
 
 
 def interleaved(sessions, feed, runs: int, block: int = 5) -> list[float]:
+    """graphopt.bench.interleaved_p50 (this script runs under another venv's onnxruntime): a
+    pause before each block so the previous session's spinning threads do not steal cores."""
     for s in sessions:
         for _ in range(3):
             s.run(None, feed)
     samples = [[] for _ in sessions]
     while len(samples[0]) < runs:
         for s, times in zip(sessions, samples):
+            time.sleep(0.02)
             for _ in range(block):
                 start = time.perf_counter()
                 s.run(None, feed)
