@@ -76,6 +76,7 @@ class QuantProfile:
     bias_int32: bool = True
     min_opset: int = 13  # per-channel DequantizeLinear (axis) exists from opset 13
     latency_check: bool = False  # the target runs here: measure that int8 is faster (quant_speed.py)
+    latency_provider: str = "cpu"  # graphopt.runtime.PROVIDERS key the speed check times on
     gemm_bias: bool = False  # MatMul + bias before a Reshape -> 2-D Gemm, bias in the kernel (quant_gemm.py)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -165,7 +166,8 @@ PROFILES: dict[str, QuantProfile] = {
         activation=S8_SYM, weight=S8_SYM, ops=TENSORRT_OPS, fold_relu=False, bias_int32=False),
     "openvino": QuantProfile(
         "openvino", "OpenVINO CPU plugin (NNCF placement): UINT8 activations, INT8 weights",
-        activation=U8_ASYM, weight=S8_SYM, ops=OPENVINO_OPS, fold_relu=False, bias_int32=False),
+        activation=U8_ASYM, weight=S8_SYM, ops=OPENVINO_OPS, fold_relu=False, bias_int32=False,
+        latency_check=True, latency_provider="openvino"),  # timed only where the OpenVINO EP is installed
 }
 
 # What exact and fast 8-bit kernels ONNX Runtime's CPU EP has, by instruction set.

@@ -34,16 +34,18 @@ def family_units(plan) -> dict[str, frozenset[str]]:
     return found
 
 
-def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, margin: float, progress=None):
-    """(winning candidate or None for float, report). `fits(candidate) -> bool` checks the budget."""
+def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, margin: float, progress=None,
+                   provider: str = "cpu"):
+    """(winning candidate or None for float, report). `fits(candidate) -> bool` checks the budget;
+    the candidates are timed on `provider` (a graphopt.runtime.PROVIDERS key)."""
     families = family_units(best.plan)
     variants = {"int8": best}
     for size in range(1, len(families)):
         for dropped in itertools.combinations(sorted(families), size):
             disabled = best.disabled.union(*(families[f] for f in dropped))
             variants["int8 without " + "+".join(dropped)] = build(frozenset(disabled))
-    sessions = [create_session(model, "cpu", "enable_all", threads)]
-    sessions += [create_session(c.model, "cpu", "enable_all", threads) for c in variants.values()]
+    sessions = [create_session(model, provider, "enable_all", threads)]
+    sessions += [create_session(c.model, provider, "enable_all", threads) for c in variants.values()]
     try:
         times = interleaved_p50(sessions, feed, runs)
     finally:
@@ -53,7 +55,8 @@ def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, marg
     latency.update({name: round(t, 3) for name, t in zip(variants, times[1:])})
     if progress:
         progress("quantize: latency " + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items()))
-    report = {"latency_ms": latency, "runs": runs, "threads": threads or "default", "margin": margin}
+    report = {"latency_ms": latency, "runs": runs, "threads": threads or "default", "margin": margin,
+              "provider": provider}
     for name in sorted(variants, key=lambda n: latency[n]):
         if latency[name] > latency["float"] * (1 - margin):
             break

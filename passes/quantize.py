@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import onnx_ir as ir
+import onnxruntime as ort
 
 from graphopt.analyses import Shapes
 from graphopt.lossy import budget_share, effective_budget
@@ -39,6 +40,7 @@ from graphopt.passes.quant_profiles import PROFILES, TensorType, get_profile
 from graphopt.passes.quant_smooth import smooth
 from graphopt.passes.quant_sensitivity import Candidate, fit_budget
 from graphopt.passes.quant_speed import choose_fastest, dropped_families, family_units
+from graphopt.runtime import PROVIDERS
 from graphopt.tolerance import Lossy
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
@@ -65,7 +67,7 @@ class QuantizeOptions:
     sqnr_batches: int = 4  # calibration batches the per-tensor SQNR report uses
     calib_max_bytes: int = 512 * 2**20
     cache_dir: str = ""  # calibration cache: "" = default folder, "off" = none, else a folder
-    speed_check: bool = True  # ort-cpu: keep only the op families whose int8 kernels are faster here
+    speed_check: bool = True  # ort-cpu/openvino: keep only the op families whose int8 kernels are faster here
     speed_runs: int = 10
     speed_margin: float = 0.03  # int8 must be at least this much faster than float to be kept
     threads: int = 0  # ORT intra-op threads for the speed check (0: ORT's default)
@@ -187,11 +189,15 @@ class Quantize(Pass):
     def _fastest(self, model: ir.Model, best: Candidate, build, ctx: PassContext, feeds, fits):
         """The fastest of {best, best with an op family back in float, float} (quant_speed.py)."""
         opts = self.options
-        if not opts.speed_check or not resolve_profile(opts).latency_check:
+        profile = resolve_profile(opts)
+        if not opts.speed_check or not profile.latency_check:
             return best, {"measured": False}
+        if PROVIDERS[profile.latency_provider] not in ort.get_available_providers():
+            return best, {"measured": False, "reason": f"{PROVIDERS[profile.latency_provider]} is not in this "
+                                                       f"onnxruntime build: int8 kept without a speed check"}
         feed = ctx.holdout[0] if ctx.holdout else next(iter(feeds()))
         chosen, report = choose_fastest(model, best, build, fits, feed, opts.speed_runs, opts.threads,
-                                        opts.speed_margin, ctx.progress)
+                                        opts.speed_margin, ctx.progress, profile.latency_provider)
         if chosen is not None and chosen is not best:
             for family in dropped_families(report["chosen"]):
                 for key in family_units(best.plan)[family]:

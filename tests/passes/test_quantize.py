@@ -496,6 +496,27 @@ def test_speed_check_keeps_the_fastest_families(monkeypatch):
     assert any("int8 measured slower here" in r for r in result.stats["kept_float"].values())
 
 
+def test_openvino_profile_times_on_the_openvino_ep_or_says_why_not(monkeypatch):
+    """The openvino profile's speed check runs on the OpenVINO EP; without that EP in this
+    onnxruntime build the int8 model is kept and the stats say the check was not made."""
+    import graphopt.passes.quant_speed as quant_speed
+
+    proto = _conv_and_gemm_model()
+    feeds = _feeds(proto, 3, scale=0.5)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    _, result = quantize(proto, feeds, holdout=feeds[:1], profile="openvino", speed_check=True)
+    assert result.modified and result.stats["speed"]["measured"] is False
+    assert "OpenVINOExecutionProvider is not in this onnxruntime build" in result.stats["speed"]["reason"]
+
+    used = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["OpenVINOExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(quant_speed, "create_session", lambda model, provider, *a: used.append(provider) or provider)
+    _fake_timings(monkeypatch, {"float": 10.0, "int8": 14.0, "no conv": 10.1, "no matmul": 15.0})
+    _, result = quantize(proto, feeds, holdout=feeds[:1], profile="openvino", speed_check=True)
+    assert set(used) == {"openvino"} and not result.modified
+    assert "int8 measured slower than float" in result.stats["skipped"]
+
+
 def test_speed_check_leaves_the_model_float_when_int8_is_slower(monkeypatch):
     proto = _conv_and_gemm_model()
     feeds = _feeds(proto, 3, scale=0.5)
