@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import onnx_ir as ir
-import onnxruntime as ort
 
 from graphopt.analyses import Shapes
 from graphopt.lossy import budget_share, effective_budget
@@ -40,7 +39,7 @@ from graphopt.passes.quant_profiles import PROFILES, TensorType, get_profile
 from graphopt.passes.quant_smooth import smooth
 from graphopt.passes.quant_sensitivity import Candidate, fit_budget
 from graphopt.passes.quant_speed import choose_fastest, dropped_families, family_units
-from graphopt.runtime import PROVIDERS
+from graphopt.runtime import resolve_providers
 from graphopt.tolerance import Lossy
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
@@ -192,9 +191,9 @@ class Quantize(Pass):
         profile = resolve_profile(opts)
         if not opts.speed_check or not profile.latency_check:
             return best, {"measured": False}
-        if PROVIDERS[profile.latency_provider] not in ort.get_available_providers():
-            return best, {"measured": False, "reason": f"{PROVIDERS[profile.latency_provider]} is not in this "
-                                                       f"onnxruntime build: int8 kept without a speed check"}
+        missing = resolve_providers(None).skipped.get(profile.latency_provider)
+        if missing:
+            return best, {"measured": False, "reason": f"{missing}: int8 kept without a speed check"}
         feed = ctx.holdout[0] if ctx.holdout else next(iter(feeds()))
         chosen, report = choose_fastest(model, best, build, fits, feed, opts.speed_runs, opts.threads,
                                         opts.speed_margin, ctx.progress, profile.latency_provider)

@@ -506,7 +506,7 @@ def test_openvino_profile_times_on_the_openvino_ep_or_says_why_not(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     _, result = quantize(proto, feeds, holdout=feeds[:1], profile="openvino", speed_check=True)
     assert result.modified and result.stats["speed"]["measured"] is False
-    assert "OpenVINOExecutionProvider is not in this onnxruntime build" in result.stats["speed"]["reason"]
+    assert "OpenVINOExecutionProvider not in this onnxruntime build" in result.stats["speed"]["reason"]
 
     used = []
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["OpenVINOExecutionProvider", "CPUExecutionProvider"])
@@ -588,8 +588,7 @@ def test_top1_budget_covers_sequence_softmax_outputs():
     probs = np.random.default_rng(0).random((2, 5, 4))
     probs /= probs.sum(axis=-1, keepdims=True)
     flipped = probs.copy()
-    flipped[0, 0] = np.roll(flipped[0, 0], 1) if np.argmax(np.roll(flipped[0, 0], 1)) != np.argmax(flipped[0, 0]) \
-        else flipped[0, 0][::-1]
+    flipped[0, 0] = np.eye(4)[(np.argmax(probs[0, 0]) + 1) % 4]  # one position decodes another class
     metrics = compare_outputs([{"y": probs}, {"y": probs}], [{"y": flipped}, {"y": probs}])
     assert metrics["y"].top1 == pytest.approx(19 / 20)
     hidden = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)  # not probabilities
