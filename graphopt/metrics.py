@@ -51,54 +51,114 @@ def compare_arrays(ref: np.ndarray, cand: np.ndarray) -> OutputMetrics:
         ref_max = float(np.max(np.abs(ref.astype(np.float64)), initial=0)) if numeric else 0.0
         return OutputMetrics(err, err, 1.0 if equal else 0.0, float("inf") if equal else 0.0,
                              0.0 if equal else float("inf"), ref_max)
-    r = ref.astype(np.float64).ravel()
-    c = cand.astype(np.float64).ravel()
-    diff = np.abs(r - c)
-    both_nan = np.isnan(r) & np.isnan(c)
-    diff[both_nan] = 0.0
-    return OutputMetrics(
-        max_abs=float(np.max(diff, initial=0.0)),
-        mean_abs=float(np.mean(diff)) if diff.size else 0.0,
-        cosine=_cosine(r, c),
-        snr_db=_snr_db(r, c),
-        max_ulps=_max_ulps(ref, cand),
-        ref_max_abs=float(np.max(np.abs(r[np.isfinite(r)]), initial=0.0)),
-        top1=_top1(ref, cand),
-    )
+    return _compare_float([ref], [cand])
 
 
-def _cosine(r: np.ndarray, c: np.ndarray) -> float:
-    nr, nc = np.linalg.norm(r), np.linalg.norm(c)
+def _compare_float(ref: list[np.ndarray], cand: list[np.ndarray]) -> OutputMetrics:
+    """Float metrics over pairs of equally shaped arrays (one per feed), without stacking them."""
+    sums = _FloatSums()
+    for r, c in zip(ref, cand):
+        flat_ref, flat_cand = r.reshape(-1), c.reshape(-1)
+        for i in range(0, flat_ref.size, CHUNK):
+            sums.add(flat_ref[i:i + CHUNK], flat_cand[i:i + CHUNK])
+    return sums.metrics(_top1(ref, cand))
+
+
+CHUNK = 1 << 13  # elements per block: the float64 temporaries stay in cache
+# ulps of a float32 difference = diff / spacing(max(|ref|, |cand|)); the spacing of a float32 with
+# biased exponent e is 2^(max(e, 1) - 150) (e = 0: subnormals), NaN for e = 255 (inf/NaN)
+_F32_ULP_SCALE = np.array([2.0 ** (150 - max(e, 1)) for e in range(255)] + [np.nan])
+
+
+@dataclass
+class _FloatSums:
+    """Running sums for the float metrics, fed block by block (one pass over the data)."""
+
+    count: int = 0
+    max_abs: float = 0.0
+    sum_abs: float = 0.0
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    cand_sq: float = 0.0
+    noise: float = 0.0
+    max_ulps: float = 0.0
+    any_ulps: bool = False
+    ref_max: float = 0.0
+
+    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        r, c = ref.astype(np.float64), cand.astype(np.float64)
+        delta = r - c
+        diff = np.abs(delta)
+        noise = float(np.dot(delta, delta))
+        both_nan = np.isnan(r) & np.isnan(c) if np.isnan(noise) else None  # NaN == NaN counts as equal
+        if both_nan is not None:
+            diff[both_nan] = 0.0
+        self.count += r.size
+        self.max_abs = _max_nan(self.max_abs, float(np.max(diff, initial=0.0)))
+        self.sum_abs += float(np.sum(diff))
+        self.dot += float(np.dot(r, c))
+        self.ref_sq += float(np.dot(r, r))
+        self.cand_sq += float(np.dot(c, c))
+        self.noise += noise
+        ulps = _ulps(ref, cand, diff)
+        if both_nan is not None:
+            ulps[both_nan] = 0.0
+        worst = float(np.fmax.reduce(ulps)) if ulps.size else float("nan")  # NaN only if all NaN
+        if not np.isnan(worst):
+            self.any_ulps, self.max_ulps = True, max(self.max_ulps, worst)
+        finite_max = np.max(np.abs(ref), where=np.isfinite(ref), initial=0)
+        self.ref_max = max(self.ref_max, float(finite_max))
+
+    def metrics(self, top1: float | None) -> OutputMetrics:
+        return OutputMetrics(
+            max_abs=self.max_abs,
+            mean_abs=self.sum_abs / self.count if self.count else 0.0,
+            cosine=_cosine(self.dot, self.ref_sq, self.cand_sq),
+            snr_db=_snr_db(self.ref_sq, self.noise),
+            max_ulps=self.max_ulps if self.any_ulps or not self.count else float("inf"),
+            ref_max_abs=self.ref_max,
+            top1=top1,
+        )
+
+
+def _max_nan(a: float, b: float) -> float:
+    return float("nan") if np.isnan(a) or np.isnan(b) else max(a, b)
+
+
+def _ulps(ref: np.ndarray, cand: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    """|ref - cand| in units of the spacing at the larger magnitude (NaN where that is inf/NaN)."""
+    if ref.dtype == np.float32 and cand.dtype == np.float32:
+        exponent = np.maximum(np.abs(ref), np.abs(cand)).view(np.int32) >> 23
+        return diff * _F32_ULP_SCALE[exponent]
+    spacing = np.spacing(np.maximum(np.abs(ref), np.abs(cand))).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(diff == 0, 0.0, diff / spacing)
+
+
+def _cosine(dot: float, ref_sq: float, cand_sq: float) -> float:
+    nr, nc = np.sqrt(ref_sq), np.sqrt(cand_sq)
     if nr == 0 and nc == 0:
         return 1.0
     if nr == 0 or nc == 0 or not np.isfinite(nr * nc):
         return 0.0 if np.isfinite(nr * nc) else -1.0
-    return float(np.dot(r, c) / (nr * nc))
+    return float(dot / (nr * nc))
 
 
-def _snr_db(r: np.ndarray, c: np.ndarray) -> float:
-    noise = float(np.sum((r - c) ** 2))
-    signal = float(np.sum(r**2))
+def _snr_db(signal: float, noise: float) -> float:
     if noise == 0:
         return float("inf")
     if signal == 0:
         return float("-inf")
-    return 10.0 * np.log10(signal / noise)
+    return float(10.0 * np.log10(signal / noise))
 
 
-def _max_ulps(ref: np.ndarray, cand: np.ndarray) -> float:
-    diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
-    spacing = np.spacing(np.maximum(np.abs(ref), np.abs(cand))).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ulps = np.where(diff == 0, 0.0, diff / spacing)
-    ulps = np.where(np.isnan(ref) & np.isnan(cand), 0.0, ulps)
-    return float(np.nanmax(ulps, initial=0.0)) if not np.isnan(ulps).all() else float("inf")
-
-
-def _top1(ref: np.ndarray, cand: np.ndarray) -> float | None:
-    if ref.ndim != 2 or ref.shape[1] < 2:
+def _top1(ref: list[np.ndarray], cand: list[np.ndarray]) -> float | None:
+    """Row-wise argmax agreement of [batch, classes] outputs, over all feeds."""
+    if not ref or any(r.ndim != 2 or r.shape[1] < 2 for r in ref):
         return None
-    return float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)))
+    rows = sum(r.shape[0] for r in ref)
+    agree = sum(int(np.sum(np.argmax(r, axis=1) == np.argmax(c, axis=1))) for r, c in zip(ref, cand))
+    return agree / rows if rows else float("nan")
 
 
 def _is_distribution(array: np.ndarray) -> bool:
@@ -129,7 +189,8 @@ def compare_outputs(ref: list[dict[str, np.ndarray]], cand: list[dict[str, np.nd
         if any(x is None or x.shape != y.shape for x, y in zip(c, r)):
             result[name] = shape_mismatch()
             continue
-        result[name] = compare_arrays(_stack(r), _stack(c))
+        float_output = all(x.dtype.kind in "fc" for x in r)
+        result[name] = _compare_float(r, c) if float_output else compare_arrays(_stack(r), _stack(c))
         sequence_top1 = _sequence_top1(r, c)
         if sequence_top1 is not None:
             result[name] = replace(result[name], top1=sequence_top1)

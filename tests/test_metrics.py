@@ -1,0 +1,68 @@
+"""Output metrics (graphopt.metrics) against direct numpy formulas, including the blocked paths."""
+
+import numpy as np
+import pytest
+
+from graphopt.metrics import CHUNK, compare_arrays, compare_outputs
+
+
+def _reference_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
+    r, c = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+    spacing = np.spacing(np.maximum(np.abs(ref), np.abs(cand))).astype(np.float64).ravel()
+    return {"max_abs": np.max(np.abs(r - c)), "mean_abs": np.mean(np.abs(r - c)),
+            "cosine": np.dot(r, c) / np.linalg.norm(r) / np.linalg.norm(c),
+            "snr_db": 10 * np.log10(np.sum(r**2) / np.sum((r - c) ** 2)),
+            "max_ulps": np.max(np.abs(r - c) / spacing), "ref_max_abs": np.max(np.abs(r))}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_float_metrics_match_the_formulas_across_blocks(dtype):
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3, CHUNK + 17)).astype(dtype)  # more than one block, a ragged last one
+    cand = (ref + rng.normal(0, 1e-2, ref.shape)).astype(dtype)
+    got = compare_arrays(ref, cand)
+    for key, want in _reference_metrics(ref, cand).items():
+        assert getattr(got, key) == pytest.approx(want, rel=1e-9), key
+
+
+def test_float32_ulps_at_exponent_edges():
+    one = np.float32(1.0)
+    values = np.array([one, np.float32(2.0), np.float32(1e-40), np.float32(0.0)], np.float32)
+    nudged = np.nextafter(values, np.float32(np.inf))
+    assert compare_arrays(values, nudged).max_ulps == 1.0  # one step everywhere, subnormals too
+    three = values.copy()
+    three[0] = np.nextafter(np.nextafter(np.nextafter(one, np.float32(2)), np.float32(2)), np.float32(2))
+    assert compare_arrays(values, three).max_ulps == 3.0
+
+
+def test_nan_handling():
+    ref = np.array([np.nan, 1.0, 2.0], np.float32)
+    same_nan = compare_arrays(ref, ref.copy())
+    assert same_nan.max_abs == 0.0 and same_nan.max_ulps == 0.0  # NaN where the reference has NaN is equal
+    new_nan = compare_arrays(np.array([1.0, 2.0], np.float32), np.array([np.nan, 2.0], np.float32))
+    assert np.isnan(new_nan.max_abs) and new_nan.cosine == -1.0
+    all_nan = compare_arrays(np.ones(3, np.float32), np.full(3, np.nan, np.float32))
+    assert all_nan.max_ulps == float("inf")
+
+
+def test_empty_and_zero_outputs():
+    empty = compare_arrays(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32))
+    assert (empty.max_abs, empty.max_ulps, empty.cosine) == (0.0, 0.0, 1.0)
+    zeros = compare_arrays(np.zeros(5, np.float32), np.zeros(5, np.float32))
+    assert zeros.cosine == 1.0 and zeros.snr_db == float("inf")
+    assert compare_arrays(np.zeros(2), np.ones(2)).snr_db == float("-inf")
+
+
+def test_top1_counts_rows_over_all_feeds():
+    ref = [np.array([[0.9, 0.1], [0.2, 0.8]], np.float32), np.array([[0.6, 0.4]], np.float32)]
+    cand = [np.array([[0.9, 0.1], [0.7, 0.3]], np.float32), np.array([[0.1, 0.9]], np.float32)]
+    got = compare_outputs([{"y": r} for r in ref], [{"y": c} for c in cand])["y"]
+    assert got.top1 == pytest.approx(1 / 3)
+    assert got.cosine == pytest.approx(_reference_metrics(np.concatenate(ref), np.concatenate(cand))["cosine"])
+
+
+def test_integer_outputs_and_shape_changes():
+    ids = np.array([1, 2, 3])
+    assert compare_arrays(ids, ids).cosine == 1.0
+    assert compare_arrays(ids, ids + 2).max_abs == 2.0
+    assert not compare_outputs([{"y": ids}], [{"y": ids[:2]}])["y"].shape_match
