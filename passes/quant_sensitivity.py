@@ -6,8 +6,9 @@ by one held-out measurement per unit: how much the budget metric m improves when
 back to float in the fully quantized model,
     gain(u) = m(Q \\ {u}) - m(Q)      (for max_abs: the decrease).
 With units in that order, the smallest prefix that meets the budget is found by doubling then
-bisection (O(log n) measurements), then each fallback is tried back in quantized form, least
-sensitive first, and stays quantized if the budget still holds. The stats list every fallback
+bisection (O(log n) measurements); then the prefix is thinned from its end: its last unit is
+needed, and an exponential + binary search finds how many units below it can go back to int8
+at once; the first that cannot is needed too, and so on (_prune). The stats list every fallback
 with its measured effect m(without it in float) -> m(with).
 """
 
@@ -116,19 +117,48 @@ def _smallest_prefix(order: list[str], search: _Search) -> frozenset[str] | None
 
 
 def _prune(chosen: frozenset[str], order: list[str], search: _Search) -> tuple[frozenset[str], list[dict]]:
-    """Try each fallback back in quantized form (least sensitive first); keep it if the budget holds."""
-    kept = set(chosen)
-    for unit in [u for u in reversed(order) if u in chosen]:
-        trial = frozenset(kept - {unit})
-        if search.try_(trial)[0]:
-            kept.discard(unit)
+    """The fewest of `chosen` (the smallest fitting prefix of `order`) that still fit, and each
+    one's measured effect. The prefix's last unit is needed (the prefix without it misses). Below
+    the last needed unit, an exponential then binary search finds how many units can go back to
+    int8 at once (dropping 1, 2, 4, ... from the top); the first one that cannot is needed too.
+    A needed unit costs O(log gap) measurements, so a poor proxy order that pulled in many
+    harmless units stays cheap, and a tight prefix costs one measurement per unit."""
+    prefix = [u for u in order if u in chosen]
+    required: list[str] = []
+    top = len(prefix)
+    while top > 0:
+        required.append(prefix[top - 1])
+        top = _droppable(prefix[:top - 1], required, search)
+    kept = required
     effects = []
     final = frozenset(kept)
     _, with_all = search.try_(final)
     for unit in sorted(kept):
-        _, without = search.try_(frozenset(kept - {unit}))
+        _, without = search.try_(final - {unit})
         sign = 1 if BUDGET_METRICS[search.metric] == "min" else -1
         effects.append({"node": unit, "metric": search.metric,
                         "quantized": round(sign * without, 6), "float": round(sign * with_all, 6)})
     effects.sort(key=lambda e: -(abs(e["float"] - e["quantized"])))
     return final, effects
+
+
+def _droppable(rest: list[str], required: list[str], search: _Search) -> int:
+    """How many of `rest` must stay float (a prefix length) with `required` also float; the
+    search assumes that dropping more units from the top of `rest` never helps."""
+    def fits(dropped: int) -> bool:
+        return search.try_(frozenset(required) | frozenset(rest[:len(rest) - dropped]))[0]
+
+    good, step = 0, 1
+    while True:
+        trial = min(step, len(rest))
+        if not fits(trial):
+            bad = trial
+            break
+        good = trial
+        if trial == len(rest):
+            return 0
+        step *= 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return len(rest) - good

@@ -11,11 +11,15 @@ Steps, on a clone of the model (raised to opset 13 for per-channel DequantizeLin
 2. SmoothQuant on MatMul/Gemm inputs with outlier channels, α chosen per input by the layer's
    quantized output error (quant_smooth.py);
 3. ranges of the tensors to quantize from streaming calibration (graphopt.calibration);
-4. Q/DQ, INT8 weights and INT32 biases written into a candidate (quant_apply.py), measured on the
-   held-out feeds against the input model; if it misses the budget, units (nodes) are ranked by
-   sensitivity and the fewest go back to float until it fits (quant_sensitivity.py);
-5. for targets that run here (ort-cpu), the fastest of {int8, int8 with an op family in float,
-   float} that fits is kept (quant_speed.py): integer kernels are not faster everywhere.
+4. Q/DQ, INT8 weights and INT32 biases written into a candidate (quant_apply.py);
+5. for targets that run here (ort-cpu, openvino), a latency pre-check (quant_speed.py) times the
+   fully quantized model, the same with each op family back in float, and float: integer kernels
+   are not faster everywhere. If no variant beats float, the model stays float and the budget
+   search is skipped (putting nodes back to float cannot make int8 faster); else the fastest
+   variant is the start of
+6. the budget search, measured on the held-out feeds against the input model: if it misses the
+   budget, units (nodes) are ranked by sensitivity and the fewest go back to float until it fits
+   (quant_sensitivity.py); if that changed the model, the speed check runs again on the result.
 Stats: every node kept float and why, each fallback with its measured effect, the SQNR of each
 quantized tensor and weight (worst first), the smoothing and latency decisions.
 """
@@ -140,16 +144,30 @@ class Quantize(Pass):
         calib.update(seconds=round(time.perf_counter() - start, 3), source=origin)
         build = _builder(work, profile, excluded, float_tensors, ranges, per_channel, ctx)
         full = build(frozenset())
-        sqnr = tensor_sqnr(work, full, feeds, opts.sqnr_batches) if opts.sqnr_batches else {}
-        best, fit, fits = self._fit(model, full, build, ctx, unit_sqnr(full, sqnr))
-        best, speed = self._fastest(model, best, build, ctx, feeds, fits)
+        # latency first: when no family's int8 kernels beat float even fully quantized, fallbacks
+        # (more float) cannot make it faster, so the budget search is skipped
+        start, precheck = self._fastest(model, full, build, ctx, feeds, lambda candidate: True)
+        if start is None:
+            return self._float(model, ctx, precheck, {"measured": False, "reason": "not searched: int8 measured slower than float even fully quantized"}, calib)
+        sqnr = tensor_sqnr(work, start, feeds, opts.sqnr_batches) if opts.sqnr_batches else {}
+        base = start.disabled
+        fit_build = (lambda disabled: build(disabled | base)) if base else build
+        best, fit, fits = self._fit(model, start, fit_build, ctx, unit_sqnr(start, sqnr))
+        speed = precheck
+        if best is not start and precheck.get("measured", True):  # fallbacks changed it: time again
+            best, speed = self._fastest(model, best, build, ctx, feeds, fits)
+            speed = {**speed, "precheck": precheck}
         if best is None:
-            reason = f"int8 measured slower than float here ({speed['latency_ms']})"
-            ctx.no_match(self.name, "model", reason)
-            return PassResult(model, False, {"skipped": reason, "speed": speed, "budget": fit, "calibration": calib})
+            return self._float(model, ctx, speed, fit, calib)
+        _mark_slow_families(best, full.plan, [precheck, speed])
         stats = _stats(profile, best, calib, fit, opset_note)
         stats.update(speed=speed, smoothed=smoothed, matmul_bias_to_gemm=gemms, tensor_sqnr_db=sqnr)
         return PassResult(best.model, True, stats)
+
+    def _float(self, model: ir.Model, ctx: PassContext, speed: dict, fit: dict, calib: dict) -> PassResult:
+        reason = f"int8 measured slower than float here ({speed['latency_ms']})"
+        ctx.no_match(self.name, "model", reason)
+        return PassResult(model, False, {"skipped": reason, "speed": speed, "budget": fit, "calibration": calib})
 
     def _prepared(self, model: ir.Model, ctx: PassContext, profile) -> tuple[ir.Model | None, str]:
         """A clone to quantize, at opset >= 13 (per-channel DequantizeLinear has `axis` from 13),
@@ -186,7 +204,8 @@ class Quantize(Pass):
         return best, report, lambda candidate: ev.fits(candidate.model, budget)[0]
 
     def _fastest(self, model: ir.Model, best: Candidate, build, ctx: PassContext, feeds, fits):
-        """The fastest of {best, best with an op family back in float, float} (quant_speed.py)."""
+        """The fastest of {best, best with an op family back in float, float} that `fits`
+        (quant_speed.py); (best, {"measured": False, ...}) when no speed check is made."""
         opts = self.options
         profile = resolve_profile(opts)
         if not opts.speed_check or not profile.latency_check:
@@ -195,14 +214,18 @@ class Quantize(Pass):
         if missing:
             return best, {"measured": False, "reason": f"{missing}: int8 kept without a speed check"}
         feed = ctx.holdout[0] if ctx.holdout else next(iter(feeds()))
-        chosen, report = choose_fastest(model, best, build, fits, feed, opts.speed_runs, opts.threads,
-                                        opts.speed_margin, ctx.progress, profile.latency_provider)
-        if chosen is not None and chosen is not best:
-            for family in dropped_families(report["chosen"]):
-                for key in family_units(best.plan)[family]:
-                    chosen.plan.skipped[key] = (f"{family} back in float: int8 measured slower here "
-                                                f"({report['latency_ms']})")
-        return chosen, report
+        return choose_fastest(model, best, build, fits, feed, opts.speed_runs, opts.threads,
+                              opts.speed_margin, ctx.progress, profile.latency_provider)
+
+
+def _mark_slow_families(best: Candidate, full_plan, reports: list[dict]) -> None:
+    """Say in the plan why the op families a speed check dropped stayed float."""
+    families = family_units(full_plan)
+    for report in reports:
+        for family in dropped_families(report.get("chosen", "")):
+            for key in families.get(family, ()):
+                best.plan.skipped[key] = (f"{family} back in float: int8 measured slower here "
+                                          f"({report['latency_ms']})")
 
 
 def _builder(model: ir.Model, profile, excluded, float_tensors, ranges, per_channel: bool, ctx: PassContext):
