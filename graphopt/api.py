@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -63,21 +63,15 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
         return optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
                              budget=budget, seed=seed, target=target, threads=threads,
                              runs=bench_runs, progress=progress)
-    loaded = load_model(source)
-    if output is not None and loaded.path is not None and _same_file(Path(output), loaded.path):
-        raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
-    if output is not None and Path(output).is_dir():
-        raise InputError(f"output {output} is a directory; give a file path, e.g. {Path(output) / 'model.onnx'}")
+    loaded = _load_checked(source, output)
     profile = get_target(target)
     pass_list = _resolve_passes(passes, recipe, target)
     run_budget = _as_budget(budget)
     choice = resolve_providers(providers) if bench else None  # default: every available EP
     feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed)
-    ctx = PassContext(seed=seed, budget=run_budget,
-                      calibration=(lambda: iter(calib_feeds)) if calib_feeds else None)
     config = RunConfig(verify=verify, on_fail=on_fail, budget=run_budget,
                        bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
-    manager = PassManager(pass_list, config, feeds, ctx, progress)
+    manager = _manager(pass_list, config, feeds, calib_feeds, seed, progress)
     reference = None
     if (verify != "off" or run_budget.limits) and loaded.path is not None:
         reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
@@ -96,9 +90,9 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
 
 def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
                   threads: int, runs: int, progress) -> OptimizeResult:
-    """Try each candidate chain (graphopt.auto), measure the survivors side by side, keep the best."""
-    import tempfile
-
+    """Try each candidate chain (graphopt.auto), measure the survivors side by side, keep the best.
+    Chains that start alike (the lossless or modern clean-up) share that prefix: it runs once,
+    verified, and each candidate's lossy passes run on a copy of its result."""
     from graphopt import auto
     from graphopt.lossy import effective_budget
     from graphopt.pass_api import registered_passes
@@ -109,34 +103,61 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
         raise InputError(f"--goal: expected latency or size, got '{goal}'")
     run_budget = effective_budget(_as_budget(budget))
     lossless = adapt_recipe(RECIPES[auto.LOSSLESS], get_target(target))
-    chains = auto.candidate_chains(lossless, set(registered_passes()))
+    chains = auto.candidate_chains(lossless, set(registered_passes()), goal)
     say = progress or (lambda message: None)
-    with tempfile.TemporaryDirectory(prefix="graphopt-auto-") as tmp:
-        loaded = load_model(source)
-        path = loaded.path or save_model(loaded.model, Path(tmp) / "input.onnx")
-        feed = _feeds(load_model(path), data, calib, shapes, seed)[0][0]
+    loaded = _load_checked(source, output)
+    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed)
+    say("auto: reference outputs")
+    config = RunConfig(verify="each", on_fail="rollback", budget=run_budget)
+    reference = reference_outputs(loaded.path or loaded.model, feeds)
+    prefixes: dict[tuple[str, ...], tuple[Any, list]] = {}
 
-        def optimize_chain(spec: str) -> OptimizeResult:
-            return optimize(path, None, passes=spec, data=data, calib=calib, shapes=shapes, budget=run_budget,
-                            seed=seed, target=target, progress=None)
+    def run_chain(prefix: list[str], tail: list[str]) -> OptimizeResult:
+        if tuple(prefix) not in prefixes:
+            manager = _manager(passes_from_spec(",".join(prefix)), config, feeds, calib_feeds, seed, None)
+            prefixes[tuple(prefix)] = manager.run(loaded.model.clone(), reference), manager.previous
+        base, base_outputs = prefixes[tuple(prefix)]
+        result = base
+        if tail:
+            manager = _manager(passes_from_spec(",".join(tail)), config, feeds, calib_feeds, seed, None)
+            result = manager.run(base.model.clone(), reference, previous=base_outputs)
+            result = replace(result, passes=[*base.passes, *result.passes], before=base.before)
+        report = build_report(result, input_path=str(loaded.path) if loaded.path else None, output_path=None,
+                              providers={}, feeds=data_info, threads=threads)
+        return OptimizeResult(result.model, report, None)
 
-        trials = []
-        for i, (name, spec) in enumerate(chains, 1):
-            say(f"auto [{i}/{len(chains)}] {name}")
-            trials.append(auto.run_trial(name, spec, optimize_chain))
-        say("auto: timing the candidates side by side")
-        auto.measure_latency(trials, feed, max(runs, 10), threads)
+    trials = auto.search(chains, run_chain, say)
+    say("auto: timing the candidates side by side")
+    auto.measure_latency(trials, feeds[0], max(runs, 10), threads)
     cost = (lambda t: t.bytes) if goal == "size" else (lambda t: t.ms)
     chosen = auto.choose(trials, goal)
     front = auto.pareto(trials, cost)
     report = dict(chosen.result.report)
+    report["target"] = {"name": target, "problems": target_problems(chosen.result.model, get_target(target))}
     report["auto"] = {"goal": goal, "budget": run_budget.limits, "chosen": chosen.name,
                       "pareto": [t.name for t in front], "tried": [t.row() for t in trials],
                       "table": auto.format_trials(trials, front, chosen, goal)}
     model = chosen.result.model
     if output is not None:
         save_model(model, output)
+        report["model"] = {**report["model"], "output": str(output)}
     return OptimizeResult(to_kind(model, loaded), report, Path(output) if output else None)
+
+
+def _manager(pass_list: list[Pass], config: RunConfig, feeds: list[Feed], calib_feeds: list[Feed], seed: int,
+             progress) -> PassManager:
+    ctx = PassContext(seed=seed, budget=config.budget,
+                      calibration=(lambda: iter(calib_feeds)) if calib_feeds else None)
+    return PassManager(pass_list, config, feeds, ctx, progress)
+
+
+def _load_checked(source: Any, output) -> LoadedModel:
+    loaded = load_model(source)
+    if output is not None and loaded.path is not None and _same_file(Path(output), loaded.path):
+        raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
+    if output is not None and Path(output).is_dir():
+        raise InputError(f"output {output} is a directory; give a file path, e.g. {Path(output) / 'model.onnx'}")
+    return loaded
 
 
 def _same_file(a: Path, b: Path) -> bool:

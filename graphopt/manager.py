@@ -80,11 +80,13 @@ class PassManager:
         self.previous: list[Feed] | None = None  # the current model's outputs
         self.known_problems: frozenset[str] = frozenset()
 
-    def run(self, model: ir.Model, reference: list[Feed] | None = None) -> RunResult:
-        """Run every pass; `reference` = outputs of `model` on the feeds, if already known."""
+    def run(self, model: ir.Model, reference: list[Feed] | None = None,
+            previous: list[Feed] | None = None) -> RunResult:
+        """Run every pass; `reference` = outputs of the input model on the feeds, if already known;
+        `previous` = outputs of `model` when it is not the input model (a verified prefix's result)."""
         if self.config.verify != "off" or self.config.budget.limits:
             self.reference = reference if reference is not None else self._reference(model)
-            self.previous = self.reference
+            self.previous = previous if previous is not None else self.reference
             self.known_problems = frozenset(structural_problems(model))
         self.ctx.holdout, self.ctx.reference = list(self.feeds), self.reference
         if self.ctx.progress is None:

@@ -36,17 +36,18 @@ def test_pareto_front_drops_dominated_and_failed_trials():
 
 def test_candidate_chains_skip_unregistered_passes():
     chains = auto.candidate_chains(("cleanup",), {"cleanup"})
-    assert chains == [("lossless", ["cleanup"])]
+    assert chains == [("lossless", ["cleanup"], [], ())]
 
 
 def test_candidate_chains_raise_the_opset_before_the_cleanup():
-    chains = dict(auto.candidate_chains(("cleanup",), {"cleanup", "opset", "quantize"}))
-    assert chains["modern"] == ["opset:target=20", "cleanup"]
-    assert chains["int8 percentile"] == ["opset:target=20", "cleanup", "quantize:method=percentile"]
+    chains = {name: (prefix, tail) for name, prefix, tail, _ in
+              auto.candidate_chains(("cleanup",), {"cleanup", "opset", "quantize"})}
+    assert chains["modern"] == (["opset:target=20", "cleanup"], [])
+    assert chains["int8 percentile"] == (["opset:target=20", "cleanup"], ["quantize:method=percentile"])
 
 
 def test_auto_on_the_default_model_is_deterministic(monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "CANDIDATES", (("lossless", ()), ("modern", (auto.MODERN,))))
+    monkeypatch.setattr(auto, "CANDIDATES", (("lossless", (), ()), ("modern", (auto.MODERN,), ())))
     runs = [optimize("models/default.onnx", tmp_path / f"{i}.onnx", recipe="auto", goal="size",
                      budget={"cosine": 0.999}, bench_runs=5) for i in range(2)]
     first, second = (r.report["auto"] for r in runs)
@@ -55,3 +56,52 @@ def test_auto_on_the_default_model_is_deterministic(monkeypatch, tmp_path):
     assert all(t["meets_budget"] and t["cosine"] >= 0.999 for t in first["tried"])
     assert "> " in first["table"] or ">*" in first["table"]
     assert (tmp_path / "0.onnx").exists()
+
+
+def test_candidates_with_the_same_prefix_share_its_run(monkeypatch, tmp_path):
+    from graphopt.manager import PassManager
+
+    monkeypatch.setattr(auto, "CANDIDATES", (("lossless", (), ()), ("prune", ("prune:sparsity=0.2",), ()),
+                                             ("prune more", ("prune:sparsity=0.3",), ())))
+    runs = []
+    original = PassManager.run
+
+    def counting_run(self, model, reference=None, previous=None):
+        runs.append([p.name for p in self.passes])
+        return original(self, model, reference, previous)
+
+    monkeypatch.setattr(PassManager, "run", counting_run)
+    result = optimize("models/default.onnx", None, recipe="auto", budget={"cosine": 0.9}, bench_runs=5)
+    assert len(runs) == 3 and runs[1:] == [["prune"], ["prune"]]  # the lossless prefix ran once
+    tried = {t["name"]: t for t in result.report["auto"]["tried"]}
+    assert tried["prune more"]["passes"][-1] == "prune:sparsity=0.3"
+    assert tried["lossless"]["cosine"] > 0.99999 > tried["prune more"]["cosine"]  # measured vs the input
+    chosen = result.report["auto"]["chosen"]
+    assert [p["name"] for p in result.report["passes"]][-1] == ("cleanup" if chosen == "lossless" else "prune")
+
+
+def test_size_goal_turns_the_speed_gates_off():
+    chains = {name: tail for name, _, tail, _ in
+              auto.candidate_chains(("cleanup",), {"cleanup", "opset", "quantize", "svd"}, goal="size")}
+    assert chains["int8 minmax"] == ["quantize:method=minmax;speed_check=false"]
+    assert chains["svd budget"] == ["svd:select=budget;speed_check=false"]
+
+
+def test_a_combination_is_skipped_when_a_part_did_not_pay(monkeypatch):
+    """quantize measured slower than float (faked): the other methods and the int8 chain are
+    skipped, and the Pareto print says why."""
+    import graphopt.passes.quant_speed as quant_speed
+
+    monkeypatch.setattr(quant_speed, "interleaved_p50", lambda sessions, feed, runs: [1.0] + [2.0] * (len(sessions) - 1))
+    monkeypatch.setattr(auto, "CANDIDATES", (
+        ("lossless", (), ()),
+        ("int8 percentile", ("quantize:method=percentile;cache_dir=off",), ()),
+        ("int8 minmax", ("quantize:method=minmax;cache_dir=off",), ("int8 percentile",)),
+        ("prune", ("prune:sparsity=0.2",), ()),
+        ("prune + int8", ("prune:sparsity=0.2", "quantize:cache_dir=off"), ("prune", "int8 percentile"))))
+    result = optimize("models/default.onnx", None, recipe="auto", budget={"cosine": 0.9}, bench_runs=5)
+    tried = {t["name"]: t for t in result.report["auto"]["tried"]}
+    assert [n for n, t in tried.items() if t["skipped"]] == ["int8 minmax", "prune + int8"]
+    assert "quantize not applied: int8 measured slower than float" in tried["int8 minmax"]["error"]
+    assert tried["prune"]["meets_budget"] and not tried["prune"]["skipped"]
+    assert "skip" in result.report["auto"]["table"]
