@@ -22,6 +22,7 @@ and more accurate) is printed with everything tried.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,14 +38,15 @@ LOSSLESS = "lossless"
 MODERN = "opset:target=20"
 # (name, passes, needs): a candidate runs only if each candidate in `needs` paid on its own (met
 # the budget with every lossy pass applied; quantize applies only where int8 measured faster,
-# svd only where the factored layers did). Another calibration method cannot make int8 kernels
-# faster, and a chain with a pass that did not pay alone is not tried.
+# svd only where the factored layers did): a chain with a part that did not pay alone is not
+# tried. `NAME|fallbacks` also needs NAME's quantize to have put nodes back in float for the
+# budget: otherwise another calibration method yields the same kernels, so it cannot be faster.
 CANDIDATES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("lossless", (), ()),
     ("modern", (MODERN,), ()),
     ("int8 percentile", (MODERN, "quantize:method=percentile"), ()),  # = the int8 recipe
-    ("int8 minmax", (MODERN, "quantize:method=minmax"), ("int8 percentile",)),
-    ("int8 entropy", (MODERN, "quantize:method=entropy"), ("int8 percentile",)),
+    ("int8 minmax", (MODERN, "quantize:method=minmax"), ("int8 percentile|fallbacks",)),
+    ("int8 entropy", (MODERN, "quantize:method=entropy"), ("int8 percentile|fallbacks",)),
     ("svd budget", ("svd:select=budget",), ()),
     ("svd budget + int8", ("svd:select=budget;budget_share=0.5", "quantize:method=entropy"),
      ("svd budget", "int8 percentile")),
@@ -63,16 +65,19 @@ class Trial:
     tail: int = 0  # how many of `spec` are the candidate's own (lossy) passes
     ok: bool = False
     skipped: bool = False
+    same_as: str | None = None  # no lossy pass applied: the model is that candidate's
     error: str | None = None
     cosine: float = float("nan")
     bytes: int = 0
     ms: float = float("nan")
+    seconds: float = 0.0  # search time spent on this candidate (its shared prefix counts once)
     result: Any = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
         return {"name": self.name, "passes": self.spec, "meets_budget": self.ok, "skipped": self.skipped,
-                "error": self.error,
-                "cosine": self.cosine, "bytes": self.bytes, "p50_ms": self.ms}
+                "same_as": self.same_as, "error": self.error,
+                "cosine": self.cosine, "bytes": self.bytes, "p50_ms": self.ms,
+                "seconds": round(self.seconds, 1)}
 
 
 def candidate_chains(lossless: tuple[str, ...], registered: set[str], goal: str = "latency"
@@ -109,12 +114,20 @@ def search(chains, run_chain: Callable[[list[str], list[str]], Any], say: Callab
             trials.append(Trial(name, [*prefix, *tail], len(tail), skipped=True, error=f"skipped: {blocker}"))
             continue
         say(f"auto [{i}/{len(chains)}] {name}")
-        trials.append(run_trial(name, prefix, tail, run_chain))
+        trial = run_trial(name, prefix, tail, run_chain)
+        base = next((t for t in trials if t.spec == prefix and t.tail == 0 and t.ok), None)
+        if trial.ok and tail and base is not None and not any(
+                r["applied"] for r in trial.result.report["passes"][len(prefix):]):
+            trial.same_as = base.name
+            trial.error = f"= {base.name}: {why_not_paid(name, [trial]).split(': ', 1)[1]}"
+        trials.append(trial)
     return trials
 
 
-def why_not_paid(name: str, trials: list[Trial]) -> str | None:
-    """None if candidate `name` met the budget with each of its lossy passes applied, else why not."""
+def why_not_paid(need: str, trials: list[Trial]) -> str | None:
+    """None if candidate `need` met the budget with each of its lossy passes applied (and, for
+    `NAME|fallbacks`, its quantize kept nodes in float for the budget), else why not."""
+    name, _, condition = need.partition("|")
     trial = next((t for t in trials if t.name == name), None)
     if trial is None or trial.skipped:
         return f"{name} was not tried"
@@ -123,14 +136,23 @@ def why_not_paid(name: str, trials: list[Trial]) -> str | None:
     records = trial.result.report["passes"][len(trial.spec) - trial.tail:]
     for record in records:
         if not record["applied"]:
-            why = record["stats"].get("skipped") or record.get("error") or "no change"
-            return f"{name}: {record['name']} not applied: {str(why)[:120]}"
+            return f"{name}: {record['name']} not applied: {_why_not_applied(record)[:160]}"
+    if condition == "fallbacks" and not any((r["stats"].get("budget") or {}).get("fallbacks")
+                                            for r in records if r["name"] == "quantize"):
+        return f"{name} met the budget with no node back in float: another method gives the same kernels"
     return None
+
+
+def _why_not_applied(record: dict) -> str:
+    why = record["stats"].get("skipped") or record.get("error") or "no change"
+    if isinstance(why, list) and why and isinstance(why[0], dict):  # per-layer reasons (svd, tucker)
+        why = f"{len(why)} layer(s) left as they were, e.g. {why[0].get('node')}: {why[0].get('reason')}"
+    return str(why)
 
 
 def pareto(trials: list[Trial], cost: Callable[[Trial], float]) -> list[Trial]:
     """Trials not dominated in (cost lower, cosine higher) by another trial that meets the budget."""
-    ok = [t for t in trials if t.ok]
+    ok = [t for t in trials if t.ok and t.same_as is None]
     return [t for t in ok if not any(
         (cost(o) <= cost(t) and o.cosine >= t.cosine) and (cost(o) < cost(t) or o.cosine > t.cosine)
         for o in ok)]
@@ -138,7 +160,7 @@ def pareto(trials: list[Trial], cost: Callable[[Trial], float]) -> list[Trial]:
 
 def choose(trials: list[Trial], goal: str) -> Trial:
     """The fastest (or smallest) trial meeting the budget; ties within TIE go to size, then order."""
-    ok = [t for t in trials if t.ok]
+    ok = [t for t in trials if t.ok and t.same_as is None]
     if not ok:
         raise VerificationError("auto: no candidate meets the budget: " + "; ".join(
             f"{t.name}: {t.error or f'cosine {t.cosine:.4f}'}" for t in trials))
@@ -150,19 +172,23 @@ def choose(trials: list[Trial], goal: str) -> Trial:
 
 
 def measure_latency(trials: list[Trial], feed: dict[str, np.ndarray], runs: int, threads: int) -> None:
-    ok = [t for t in trials if t.result is not None]
+    ok = [t for t in trials if t.result is not None and t.same_as is None]
     sessions = [create_session(t.result.model, "cpu", "enable_all", threads) for t in ok]
     for trial, ms in zip(ok, interleaved_p50(sessions, feed, runs)):
         trial.ms = ms
+    for trial in trials:
+        if trial.same_as is not None:
+            trial.ms = next(t.ms for t in ok if t.name == trial.same_as)
 
 
 def format_trials(trials: list[Trial], front: list[Trial], chosen: Trial, goal: str) -> str:
-    lines = [f"auto search (goal: {goal}); * = Pareto front, > = chosen",
-             f"  {'candidate':32} {'budget':>6} {'cosine':>9} {'MB':>8} {'p50 ms':>8}"]
+    lines = [f"auto search (goal: {goal}); * = Pareto front, > = chosen; skip = not tried, "
+             "same = no lossy pass applied (that candidate's model)",
+             f"  {'candidate':32} {'budget':>6} {'cosine':>9} {'MB':>8} {'p50 ms':>8} {'search s':>8}"]
     for t in trials:
         mark = (">" if t is chosen else " ") + ("*" if t in front else " ")
-        status = "ok" if t.ok else "skip" if t.skipped else "miss"
-        lines.append(f"{mark}{t.name:32} {status:>6} {t.cosine:9.5f} {t.bytes / 1e6:8.2f} {t.ms:8.2f}"
+        status = "same" if t.same_as else "ok" if t.ok else "skip" if t.skipped else "miss"
+        lines.append(f"{mark}{t.name:32} {status:>6} {t.cosine:9.5f} {t.bytes / 1e6:8.2f} {t.ms:8.2f} {t.seconds:8.0f}"
                      + (f"  ({t.error})" if t.error else ""))
     return "\n".join(lines)
 
@@ -170,11 +196,14 @@ def format_trials(trials: list[Trial], front: list[Trial], chosen: Trial, goal: 
 def run_trial(name: str, prefix: list[str], tail: list[str],
               run_chain: Callable[[list[str], list[str]], Any]) -> Trial:
     trial = Trial(name, [*prefix, *tail], len(tail))
+    start = time.perf_counter()
     try:
         trial.result = run_chain(prefix, tail)
     except (VerificationError, InputError) as exc:
         trial.error = str(exc)[:200]
         return trial
+    finally:
+        trial.seconds = time.perf_counter() - start
     summary = trial.result.report["summary"]
     final = summary.get("final_verify") or {}
     trial.cosine = float((final.get("vs_input") or final).get("cosine", float("nan")))

@@ -20,14 +20,13 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.metrics import OutputMetrics, compare_outputs
 from graphopt.runtime import run_model
-from graphopt.tolerance import BUDGET_METRICS, Budget
+from graphopt.tolerance import BUDGET_METRICS, DEFAULT_BUDGET, Budget
 
 Feed = dict[str, np.ndarray]
-DEFAULT_BUDGET = Budget({"cosine": 0.99})
 
 
 def effective_budget(budget: Budget) -> Budget:
-    """The run's budget, or cosine >= 0.99 when the user set none."""
+    """The run's budget, or DEFAULT_BUDGET when the user set none."""
     return budget if budget.limits else DEFAULT_BUDGET
 
 
@@ -47,7 +46,7 @@ def budget_share(budget: Budget, current: dict[str, OutputMetrics], share: float
     for metric, limit in budget.limits.items():
         now = worst(current, metric)
         if not np.isfinite(now):
-            now = {"cosine": 1.0, "top1": 1.0, "max_abs": 0.0}.get(metric, limit + 60.0)
+            now = {"cosine": 1.0, "top1": 1.0, "top1_dist": 1.0, "max_abs": 0.0}.get(metric, limit + 60.0)
         limits[metric] = now - share * (now - limit) if BUDGET_METRICS[metric] == "min" \
             else now + share * (limit - now)
     return Budget(limits)

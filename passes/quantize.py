@@ -148,7 +148,8 @@ class Quantize(Pass):
         # (more float) cannot make it faster, so the budget search is skipped
         start, precheck = self._fastest(model, full, build, ctx, feeds, lambda candidate: True)
         if start is None:
-            return self._float(model, ctx, precheck, {"measured": False, "reason": "not searched: int8 measured slower than float even fully quantized"}, calib)
+            not_searched = {"measured": False, "reason": "not searched: int8 is slower even fully quantized"}
+            return self._float(model, ctx, precheck, not_searched, calib)
         sqnr = tensor_sqnr(work, start, feeds, opts.sqnr_batches) if opts.sqnr_batches else {}
         base = start.disabled
         fit_build = (lambda disabled: build(disabled | base)) if base else build

@@ -104,4 +104,20 @@ def test_a_combination_is_skipped_when_a_part_did_not_pay(monkeypatch):
     assert [n for n, t in tried.items() if t["skipped"]] == ["int8 minmax", "prune + int8"]
     assert "quantize not applied: int8 measured slower than float" in tried["int8 minmax"]["error"]
     assert tried["prune"]["meets_budget"] and not tried["prune"]["skipped"]
+    assert tried["int8 percentile"]["same_as"] == "lossless"  # timed once, never chosen over lossless
+    assert tried["int8 percentile"]["p50_ms"] == tried["lossless"]["p50_ms"]
     assert "skip" in result.report["auto"]["table"]
+
+
+def test_other_calibration_methods_only_when_the_first_needed_fallbacks():
+    def quantized(fallbacks):
+        trial = _trial("int8 percentile")
+        trial.spec, trial.tail = ["cleanup", "quantize"], 1
+        stats = {"budget": {"fallbacks": fallbacks}}
+        trial.result = type("R", (), {"report": {"passes": [{"name": "cleanup", "applied": True, "stats": {}},
+                                                           {"name": "quantize", "applied": True, "stats": stats}]}})
+        return trial
+
+    assert auto.why_not_paid("int8 percentile", [quantized([])]) is None
+    assert "no node back in float" in auto.why_not_paid("int8 percentile|fallbacks", [quantized([])])
+    assert auto.why_not_paid("int8 percentile|fallbacks", [quantized([{"node": "n1"}])]) is None

@@ -31,7 +31,7 @@ def test_share_outside_range_is_rejected():
 
 
 def test_default_budget_when_none_set():
-    assert effective_budget(Budget()).limits == {"cosine": 0.99}
+    assert effective_budget(Budget()).limits == {"cosine": 0.99, "top1_dist": 0.999}
     assert effective_budget(Budget({"top1": 0.9})).limits == {"top1": 0.9}
 
 

@@ -66,3 +66,36 @@ def test_integer_outputs_and_shape_changes():
     assert compare_arrays(ids, ids).cosine == 1.0
     assert compare_arrays(ids, ids + 2).max_abs == 2.0
     assert not compare_outputs([{"y": ids}], [{"y": ids[:2]}])["y"].shape_match
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_top1_dist_only_on_probability_outputs():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, 5)).astype(np.float32)
+    flipped = logits.copy()
+    flipped[0, [np.argmax(logits[0]), np.argmin(logits[0])]] = flipped[0, [np.argmin(logits[0]), np.argmax(logits[0])]]
+    probs = compare_outputs([{"p": _softmax(logits)}], [{"p": _softmax(flipped)}])["p"]
+    assert probs.top1 == probs.top1_dist == pytest.approx(5 / 6)
+    embedding = compare_outputs([{"e": logits}], [{"e": flipped}])["e"]  # not a distribution
+    assert embedding.top1 == pytest.approx(5 / 6) and embedding.top1_dist is None
+    steps = rng.normal(size=(2, 10, 7)).astype(np.float32)
+    changed = steps.copy()
+    changed[1, 3] = -changed[1, 3]  # one time step's argmax moves
+    ctc = compare_outputs([{"y": _softmax(steps)}], [{"y": _softmax(changed)}])["y"]
+    assert ctc.top1_dist == pytest.approx(19 / 20) and ctc.cosine > 0.9
+
+
+def test_default_budget_sees_a_changed_time_step_that_cosine_misses():
+    from graphopt.tolerance import DEFAULT_BUDGET
+
+    steps = np.zeros((4, 50, 30), np.float32)
+    steps[..., 0] = 8.0  # blank dominates every step, as in a CTC recognizer
+    changed = steps.copy()
+    changed[2, 17, 5] = 9.0  # one character appears
+    metrics = compare_outputs([{"y": _softmax(steps)}], [{"y": _softmax(changed)}])
+    assert metrics["y"].cosine > 0.99
+    assert DEFAULT_BUDGET.violations(metrics) == ["y: top1_dist 0.995 vs budget 0.999"]
