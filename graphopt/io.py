@@ -73,7 +73,34 @@ def load_path(path: Path) -> ir.Model:
     if sparse_storage.has_dangling_inputs(model):  # onnx_ir drops sparse_initializer: densify them
         model = sparse_storage.load_densified(path)
     check_external_data(model, path)
+    materialize_embedded_tensors(model)
     return model
+
+
+def materialize_embedded_tensors(model: ir.Model) -> None:
+    """Turn weights still backed by the parsed protobuf into numpy-backed tensors, once.
+
+    onnx_ir's proto-backed tensors decode their bytes on every `.numpy()` (a fresh copy each
+    time: calibration, hashing and every session would each pay one), and the parsed protobuf
+    stays alive as long as any of them does. After this the protobuf is freed and each weight
+    lives once, as an array that sessions can borrow (graphopt.shared_session). Covers the
+    initializers and TENSOR attributes of every graph; string tensors are left as they are.
+    """
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.serde.TensorProtoTensor):
+                value.const_value = _as_numpy_tensor(value.const_value)
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.serde.TensorProtoTensor):
+                    node.attributes[attr.name] = ir.AttrTensor(attr.name, _as_numpy_tensor(attr.value))
+
+
+def _as_numpy_tensor(tensor) -> ir.TensorProtocol:
+    if tensor.dtype == ir.DataType.STRING:
+        return tensor
+    return ir.Tensor(tensor.numpy(), tensor.dtype, shape=tensor.shape, name=tensor.name,
+                     doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props))
 
 
 def _load_failure(exc: BaseException) -> str:

@@ -47,6 +47,30 @@ def test_external_data_is_memory_mapped_not_read(tmp_path):
     assert isinstance(model.graph.initializers["w"].const_value, ir.ExternalTensor)
 
 
+def test_embedded_weights_and_constant_tensors_are_numpy_backed_after_load(tmp_path):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])
+    w = onnx.numpy_helper.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096, "w")
+    c = onnx.numpy_helper.from_array(np.full(64, 0.5, np.float32), "c")
+    names = onnx.numpy_helper.from_array(np.array([b"a", b"b"], dtype=object), "names")
+    nodes = [onnx.helper.make_node("Constant", [], ["k"], value=c),
+             onnx.helper.make_node("Constant", [], ["s"], value=names),
+             onnx.helper.make_node("MatMul", ["x", "w"], ["m"]), onnx.helper.make_node("Add", ["m", "k"], ["y"])]
+    graph = onnx.helper.make_graph(nodes, "g", [x], [y], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=9), path)
+    model = gio.load_path(path)
+    weight = model.graph.initializers["w"].const_value
+    constant = next(n for n in model.graph if n.outputs[0].name == "k").attributes["value"].value
+    assert type(weight) is ir.Tensor and type(constant) is ir.Tensor
+    assert weight.numpy() is weight.numpy()  # no fresh decode per read
+    np.testing.assert_array_equal(weight.numpy(), onnx.numpy_helper.to_array(w))
+    np.testing.assert_array_equal(constant.numpy(), np.full(64, 0.5, np.float32))
+    strings = next(n for n in model.graph if n.outputs[0].name == "s").attributes["value"].value
+    assert strings.dtype == ir.DataType.STRING  # left proto-backed
+    assert onnx.checker.check_model(ir.serde.serialize_model(model)) is None
+
+
 def test_save_roundtrip_with_external_data(tmp_path):
     model = gio.load_path(_external_model(tmp_path))
     out = gio.save_model(model, tmp_path / "out" / "saved.onnx")
