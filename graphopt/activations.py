@@ -3,8 +3,8 @@
 Lossy passes need statistics of the tensors inside the graph (quantization ranges, the
 second-moment matrix of a layer's input for data-aware SVD, channel norms for pruning).
 `stream_activations` exposes the requested values as extra graph outputs of a copy of the
-model, runs ONNX Runtime (graph optimizations disabled, so every exposed value exists) over
-the feeds, and hands each batch's arrays to a consumer, which must fold them into running
+model, runs ONNX Runtime (graph optimizations disabled, so every exposed value exists; the
+session borrows the model's weights, graphopt.shared_session, when it can) over the feeds, and hands each batch's arrays to a consumer, which must fold them into running
 statistics: nothing here keeps more than one batch of activations alive.
 
 When the exposed tensors of one run would exceed `max_bytes`, the names are split into
@@ -24,6 +24,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.io import in_memory_bytes
 from graphopt.runtime import create_session, model_file, return_freed_memory
+from graphopt.shared_session import shared_weight_session
 
 Feed = dict[str, np.ndarray]
 FeedSource = Callable[[], Iterable[Feed]]
@@ -110,23 +111,28 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
     chunks = plan_chunks(values, max_bytes) if values else []
     batches = 0
     for ci, chunk in enumerate(chunks):
-        session = _exposed_session(with_outputs(model, chunk))
+        session = exposed_session(with_outputs(model, chunk))
         try:
-            batches = _run_chunk(session, chunk, feeds, consume, progress, (ci, len(chunks)))
+            batches = run_exposed(session, chunk, feeds, consume, progress, (ci, len(chunks)))
         finally:
             del session
             return_freed_memory()
     return StreamStats(len(chunks), batches, chunks)
 
 
-def _exposed_session(model: ir.Model):
+def exposed_session(model: ir.Model, opt_level: str = "disable_all"):
+    """A CPU session for a model with exposed outputs: borrowing the weights when possible,
+    else from bytes (small models) or a temporary file (large ones)."""
+    session = shared_weight_session(model, opt_level)
+    if session is not None:
+        return session
     if in_memory_bytes(model) < FILE_SESSION_MIN_BYTES:
-        return create_session(model)
+        return create_session(model, opt_level=opt_level)
     with model_file(model) as path:
-        return create_session(path)
+        return create_session(path, opt_level=opt_level)
 
 
-def _run_chunk(session, chunk: list[str], feeds: FeedSource, consume: Consumer,
+def run_exposed(session, chunk: list[str], feeds: FeedSource, consume: Consumer,
                progress, where: tuple[int, int]) -> int:
     count = 0
     for i, feed in enumerate(_iterate(feeds)):

@@ -1,0 +1,89 @@
+"""ONNX Runtime sessions that borrow the model's weights instead of copying them.
+
+A session built from serialized bytes holds a second copy of every weight (ORT parses the
+protobuf into its own buffers), so calibration on a 90 MB model costs the IR's 90 MB plus ORT's.
+Here each large main-graph initializer held in memory as a numpy array is handed to ORT with
+`SessionOptions.add_initializer(name, OrtValue)`: ORT uses that buffer for the session's lifetime
+and the serialized graph only declares the tensor. The declaration is an external-data entry
+pointing into an *empty* placeholder file, so if ORT ever read a stand-in instead of the borrowed
+buffer it would fail loudly ("out of bounds") rather than compute with wrong weights.
+
+Returns None, and the caller builds an ordinary session, when borrowing does not apply: weights
+already in external data (ORT maps those in place anyway), nothing large enough to borrow, or
+ORT refusing the session (e.g. an optimization level whose rewrites read initializers).
+
+Weight pre-packing (ORT's MLAS copies MatMul/Conv weights into a blocked layout at session
+start) is off unless asked for: it would bring the second copy back. On all-MiniLM-L6-v2 (91 MB),
+batch 8 x 128 tokens, this VM: session +0.6 MB and 165 ms a batch, against +52 MB and 149 ms
+with pre-packing, and +209 MB / 0.43 s to build for an ordinary session from bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from graphopt import runtime
+
+BORROW_MIN_BYTES = 4096  # smaller weights are simply serialized
+PLACEHOLDER = "graphopt-borrowed.bin"  # empty file: a stand-in that ORT cannot read data from
+log = logging.getLogger("graphopt.shared_session")
+
+
+def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threads: int = 0,
+                          prepack: bool = False) -> ort.InferenceSession | None:
+    """A CPU session over `model` whose large weights are the IR's own numpy buffers (or None)."""
+    arrays = _borrowable(model)
+    if not arrays:
+        return None
+    declared = model.clone()  # tensors shared; only the clone's initializers are swapped
+    for name, array in arrays.items():
+        declared.graph.initializers[name].const_value = ir.ExternalTensor(
+            PLACEHOLDER, 0, array.nbytes, ir.DataType.from_numpy(array.dtype),
+            shape=ir.Shape(array.shape), name=name)
+    proto = ir.serde.serialize_model(declared).SerializeToString()
+    so = runtime.session_options(opt_level, threads)
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in arrays.items()}
+    for name, value in values.items():
+        so.add_initializer(name, value)
+    with tempfile.TemporaryDirectory(prefix="graphopt-borrow-") as folder:
+        Path(folder, PLACEHOLDER).touch()
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+        try:
+            session = ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001  (ORT raises private types; the caller falls back)
+            log.debug("borrowed-weight session refused (%s); using a copying session", exc)
+            return None
+    session.graphopt_borrowed = (arrays, values)  # the buffers must outlive the session
+    return session
+
+
+def _borrowable(model: ir.Model) -> dict[str, np.ndarray]:
+    """{name: C-contiguous array} of the main graph's large in-memory numeric initializers;
+    {} when any weight lives in external data (that path already avoids the copy)."""
+    arrays = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        if isinstance(tensor, ir.ExternalTensor):
+            return {}
+        if tensor.nbytes < BORROW_MIN_BYTES or tensor.dtype in _NOT_NUMPY:
+            continue
+        array = tensor.numpy()
+        if array.dtype.kind not in "fiub" or array.dtype.itemsize != tensor.dtype.itemsize:
+            continue
+        arrays[name] = np.ascontiguousarray(array)
+    return arrays
+
+
+_NOT_NUMPY = {ir.DataType.STRING, ir.DataType.BFLOAT16, ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E4M3FNUZ,
+              ir.DataType.FLOAT8E5M2, ir.DataType.FLOAT8E5M2FNUZ, ir.DataType.INT4, ir.DataType.UINT4,
+              ir.DataType.FLOAT4E2M1}
