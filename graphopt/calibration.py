@@ -1,17 +1,18 @@
 """Calibration engine for INT8 quantization: activation ranges from streamed statistics.
 
-`calibrate(model, names, feeds, options)` runs the model over the feeds with `names` exposed
-(graphopt.activations: ORT graph optimizations off) and folds every batch into per-tensor running
-statistics (graphopt.histogram): min/max, NaN/Inf and sentinel counts, an octave profile, and for
-the histogram methods a 2·bins histogram whose range grows by exact power-of-two re-binning. Memory
+`calibrate(model, names, feeds, options)` folds every batch into per-tensor running statistics
+(graphopt.histogram): min/max, NaN/Inf and sentinel counts, an octave profile, and for the
+histogram methods a 2·bins histogram whose range grows by exact power-of-two re-binning. Memory
 is O(tensors x bins), independent of the sample count; nothing keeps a batch once it is folded.
+ORT sessions borrow the model's weights (graphopt.shared_session) instead of copying them.
 
-Memory per ORT run: the exposed tensors' bytes are estimated from their shapes, symbolic dims
-resolved by name from the first feed's input shapes (shapeless values count as the largest input).
-When one feed would exceed `max_bytes` and every input shares a symbolic leading (batch) dim, the
-feeds are split along it into sub-batches (statistics of a batch-independent model do not depend
-on how samples are grouped, so this costs no extra pass); only if one sample still exceeds it are
-the names split into chunks, each a separate pass over the feeds.
+- minmax: one ORT pass computes each tensor's extremes, a NaN/Inf flag and a strided sample
+  inside the graph (graphopt.summaries), so only a few bytes per tensor leave ORT; a batch with
+  non-finite values is re-run exposed to count them. Unsupported models (opset < 13, non-float32
+  values) or a refused summary graph fall back to exposure (logged at debug).
+- histogram methods (and the fallback): the tensors are exposed as graph outputs
+  (graphopt.activations: ORT graph optimizations off), with feeds split into sub-batches or names
+  into chunks so one run's exposed bytes stay under `max_bytes` (graphopt.calibration_plan).
 
 Ranges: `lo <= 0 <= hi` always (QDQ represents 0 exactly), clamped to the observed extremes; a
 zero-width range (constant 0, or no finite value) becomes a unit range so a scale is never 0.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Literal
@@ -37,15 +39,20 @@ from typing import Callable, Iterable, Iterator, Literal
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.activations import stream_activations
+from graphopt import summaries
+from graphopt.activations import exposed_session, stream_activations
+from graphopt.calibration_plan import plan, split_feed
 from graphopt.calibration_cache import CACHE_VERSION, cache_folder, hash_model, load_ranges, store_ranges
 from graphopt.data import input_specs, validate_feed
 from graphopt.errors import InputError
+from graphopt.runtime import return_freed_memory
 from graphopt.histogram import (TensorStats, entropy_threshold, extreme_note, fold, mse_range,
                                 percentile_range)
 
 Feed = dict[str, np.ndarray]
 MIN_SPAN = 1e-30
+SUMMARY_OPT_LEVEL = "disable_all"  # ORT level of the minmax summary pass
+log = logging.getLogger("graphopt.calibration")
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,8 @@ def calibrate(model: ir.Model, names: list[str], feeds: FeedsArg, options: Calib
     names = list(dict.fromkeys(names))
     source = _as_source(feeds)
     _check_names(model, names)
-    key = cache_key(model, names, source, options)
     folder = cache_folder(cache_dir)
+    key = cache_key(model, names, source, options) if folder else ""
     cached = load_ranges(folder, key, names, TensorRange) if folder else None
     if cached is not None:
         if progress:
@@ -149,16 +156,82 @@ def checked_feeds(source: Callable[[], Iterable[Feed]], model: ir.Model) -> Iter
 
 
 def _collect(model, names, source, options, progress) -> dict[str, TensorStats]:
-    histogram = options.method != "minmax"
-    stats = {n: TensorStats(options.bins, histogram) for n in names}
+    say = progress or (lambda message: None)
     inputs = {v.name for v in model.graph.inputs} & set(names)
-    for name in set(names) & set(model.graph.initializers):
-        if name not in inputs:
-            stats[name].update(model.graph.initializers[name].const_value.numpy())
     exposed = [n for n in names if n not in inputs and n not in model.graph.initializers]
+    if options.method == "minmax" and exposed:
+        by_name = {v.name: v for node in model.graph for v in node.outputs}
+        if summaries.supported(model, [by_name[n] for n in exposed]):
+            stats = _initial_stats(model, names, options)
+            try:
+                _collect_summaries(model, exposed, source, stats, inputs, say)
+                return stats
+            except _SummariesRefused as exc:
+                log.debug("in-graph summaries not usable (%s); exposing the tensors instead", exc)
+    stats = _initial_stats(model, names, options)
+    _collect_exposed(model, names, exposed, inputs, source, options, stats, say)
+    return stats
+
+
+def _initial_stats(model, names, options) -> dict[str, TensorStats]:
+    stats = {n: TensorStats(options.bins, options.method != "minmax") for n in names}
+    inputs = {v.name for v in model.graph.inputs}
+    for name in set(names) & set(model.graph.initializers) - inputs:
+        stats[name].update(model.graph.initializers[name].const_value.numpy())
+    return stats
+
+
+class _SummariesRefused(Exception):
+    pass
+
+
+def _collect_summaries(model, names, source, stats, inputs, say) -> None:
+    """minmax from one pass of in-graph summaries (graphopt.summaries); batches holding NaN/Inf
+    are re-run with their tensors exposed, so non-finite counts stay exact."""
+    try:
+        session = exposed_session(summaries.with_summaries(model, names), SUMMARY_OPT_LEVEL)
+    except InputError as exc:
+        raise _SummariesRefused(str(exc)) from None
+    outputs = [out for name in names for out in summaries.output_names(name)]
+    say(f"calibration (minmax): {len(names) + len(inputs)} tensors, 1 pass over the data (in-graph summaries)")
+    redo: dict[int, list[str]] = {}
+    try:
+        for i, feed in enumerate(checked_feeds(source, model)):
+            for name in inputs:
+                stats[name].update(feed[name])
+            try:
+                found = summaries.read(names, session.run(outputs, feed))
+            except Exception as exc:  # noqa: BLE001  (ORT's private types; exposure reports it)
+                raise _SummariesRefused(f"feed {i}: {str(exc).strip()[:200]}") from None
+            for name, (lo, hi, finite, size, sample) in found.items():
+                if finite:
+                    stats[name].update_summary(lo, hi, size, sample)
+                else:
+                    redo.setdefault(i, []).append(name)
+            say(f"calibration pass 1/1: batch {i + 1}")
+    finally:
+        del session
+        return_freed_memory()
+    if redo:
+        _exact_batches(model, source, redo, stats)
+
+
+def _exact_batches(model, source, redo: dict[int, list[str]], stats) -> None:
+    """Fold the batches in `redo` ({feed index: names}) from the exposed tensors themselves."""
+    picked = [feed for i, feed in enumerate(checked_feeds(source, model)) if i in redo]
+    wanted = [redo[i] for i in sorted(redo)]
+    names = sorted({n for group in wanted for n in group})
+
+    def consume(index: int, arrays: dict[str, np.ndarray]) -> None:
+        for name in wanted[index]:
+            stats[name].update(arrays[name])
+
+    stream_activations(model, names, lambda: iter(picked), consume, max_bytes=2**62)
+
+
+def _collect_exposed(model, names, exposed, inputs, source, options, stats, say) -> None:
     first = next(checked_feeds(source, model))
     sub, chunks = plan(model, exposed, first, options.max_bytes)
-    say = progress or (lambda message: None)
     say(f"calibration ({options.method}): {len(names)} tensors, {len(chunks)} pass(es) over the data"
         + (f", sub-batches of {sub}" if sub else ""))
 
@@ -178,72 +251,10 @@ def _collect(model, names, source, options, progress) -> dict[str, TensorStats]:
     if not chunks:
         for _ in feed_runs(True):
             pass
-    return stats
 
 
 def _pass_message(message: str, index: int, total: int) -> str:
     return f"calibration pass {index + 1}/{total}: {message.rsplit(': ', 1)[-1]}"
-
-
-def split_feed(feed: Feed, sub: int | None) -> Iterator[Feed]:
-    if sub is None:
-        yield feed
-        return
-    size = next(iter(feed.values())).shape[0]
-    for start in range(0, size, sub):
-        yield {k: v[start:start + sub] for k, v in feed.items()}
-
-
-def plan(model: ir.Model, names: list[str], first: Feed, max_bytes: int) -> tuple[int | None, list[list[str]]]:
-    """(sub-batch size or None, chunks of names) keeping one run's exposed bytes under max_bytes."""
-    dims, batch = _symbol_sizes(model, first)
-    fallback = max((a.nbytes for a in first.values()), default=0)
-    by_name = {v.name: v for node in model.graph for v in node.outputs}
-    sizes = {n: _value_bytes(by_name[n], dims, fallback) for n in names}
-    total = sum(sizes.values())
-    sub = None
-    if batch and total > max_bytes:
-        sub = max(1, int(max_bytes * batch // total))
-        sizes = {n: s * sub / batch for n, s in sizes.items()}
-    chunks: list[list[str]] = []
-    used = 0.0
-    for name in names:
-        if chunks and used + sizes[name] <= max_bytes:
-            chunks[-1].append(name)
-            used += sizes[name]
-        else:
-            chunks.append([name])
-            used = sizes[name]
-    return (sub if sub is not None and sub < batch else None), chunks
-
-
-def _symbol_sizes(model: ir.Model, feed: Feed) -> tuple[dict[str, int], int | None]:
-    """Sizes of the inputs' symbolic dims in this feed, and the batch size when every input
-    shares one symbolic leading dim (so feeds can be split along it)."""
-    dims: dict[str, int] = {}
-    leading = set()
-    for spec in input_specs(model):
-        shape = spec.shape or ()
-        for dim, size in zip(shape, feed[spec.name].shape):
-            if isinstance(dim, str):
-                dims[dim] = size
-        leading.add(shape[0] if shape and isinstance(shape[0], str) else None)
-    sizes = {feed[s.name].shape[0] if feed[s.name].ndim else None for s in input_specs(model)}
-    batch = next(iter(sizes)) if len(leading) == 1 and None not in leading and len(sizes) == 1 else None
-    return dims, batch
-
-
-def _value_bytes(value: ir.Value, dims: dict[str, int], fallback: int) -> int:
-    if value.shape is None:
-        return fallback
-    itemsize = value.dtype.itemsize if value.dtype is not None else 4
-    count = 1
-    for dim in value.shape:
-        size = dim if isinstance(dim, int) else dims.get(getattr(dim, "value", None))
-        if size is None:
-            return max(fallback, count * itemsize)
-        count *= size
-    return int(count * itemsize)
 
 
 def finish(stats: TensorStats, options: CalibrationOptions) -> TensorRange:

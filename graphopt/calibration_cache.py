@@ -50,8 +50,9 @@ def _hash_tensor(h, name: str, tensor) -> None:
 
 
 def cache_folder(cache_dir) -> Path | None:
+    """The folder to cache in, or None for no cache ("off"/"none" or $GRAPHOPT_CACHE_DIR=off)."""
     if cache_dir is not None:
-        return Path(cache_dir)
+        return None if str(cache_dir).lower() in ("off", "none") else Path(cache_dir)
     env = os.environ.get("GRAPHOPT_CACHE_DIR")
     if env is not None:
         return None if env.lower() in ("", "off", "none", "0") else Path(env)

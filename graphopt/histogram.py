@@ -16,7 +16,8 @@ percentile/entropy/mse clip them to the range of the real values, which keeps ma
 positions masked after Softmax.
 
 **Octave profile (diagnostics).** A 256-bin count of float32 exponents (the octave 2^k <= |x| <
-2^(k+1)) over a strided subsample of each batch plus its exact extremes: enough to see that a
+2^(k+1)) over a strided subsample of each batch (x[::n // 8192 + 1], which graphopt.summaries
+can compute inside the graph) plus its exact extremes: enough to see that a
 range is set by a few values far above the rest (`extreme_note`).
 
 **Clipping ranges** from the histogram (counts c, bin centers x_b):
@@ -81,11 +82,15 @@ def bin_counts(x: np.ndarray, exponent: int, bins: int) -> np.ndarray:
     return counts
 
 
-def octave_counts(x: np.ndarray) -> np.ndarray:
-    """256 counts of float32 exponent fields (octaves of |x|) over a strided subsample of x."""
-    step = max(1, len(x) // OCTAVE_SAMPLE)
-    sample = np.ascontiguousarray(x[::step])
-    exponents = (sample.view(np.uint32) >> 23) & 0xFF
+def octave_sample(x: np.ndarray) -> np.ndarray:
+    """The strided subsample x[::n // OCTAVE_SAMPLE + 1] of a flat array (at most OCTAVE_SAMPLE
+    elements): the same one graphopt.summaries computes inside the graph."""
+    return x[::len(x) // OCTAVE_SAMPLE + 1]
+
+
+def octave_counts(sample: np.ndarray) -> np.ndarray:
+    """256 counts of the float32 exponent fields (octaves of |x|) of a sample."""
+    exponents = (np.ascontiguousarray(sample, dtype=np.float32).view(np.uint32) >> 23) & 0xFF
     return np.bincount(exponents, minlength=256)
 
 
@@ -114,10 +119,7 @@ class TensorStats:
             if x.size == 0:
                 return
             lo, hi = float(x.min()), float(x.max())
-        self.min, self.max = min(self.min, lo), max(self.max, hi)
-        self.octaves += octave_counts(x)
-        self.octaves[_octave(lo)] += 1
-        self.octaves[_octave(hi)] += 1
+        self._fold_extremes(lo, hi, octave_sample(x))
         if max(-lo, hi) >= SENTINEL:
             keep = np.abs(x) < SENTINEL
             self.sentinels += int(x.size - np.count_nonzero(keep))
@@ -127,6 +129,25 @@ class TensorStats:
             lo, hi = float(x.min()), float(x.max())
         if self.counts is not None:
             self._add_to_histogram(x, max(-lo, hi))
+
+    def update_summary(self, lo: float, hi: float, size: int, sample: np.ndarray) -> None:
+        """Fold one batch known only by its exact extremes, element count and `octave_sample`
+        (graphopt.summaries; every value finite). Statistics equal `update` on the whole tensor,
+        except the sentinel count, estimated from the sample. No histogram: minmax only."""
+        assert self.counts is None, "histogram statistics need the whole tensor"
+        self.samples += size
+        if size == 0:
+            return
+        self._fold_extremes(lo, hi, sample)
+        if max(-lo, hi) >= SENTINEL:
+            in_sample = int(np.count_nonzero(np.abs(sample) >= SENTINEL))
+            self.sentinels += max(1, round(in_sample * size / max(len(sample), 1)))
+
+    def _fold_extremes(self, lo: float, hi: float, sample: np.ndarray) -> None:
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.octaves += octave_counts(sample)
+        self.octaves[_octave(lo)] += 1
+        self.octaves[_octave(hi)] += 1
 
     def _add_to_histogram(self, x: np.ndarray, amax: float) -> None:
         exponent = range_exponent(amax, self.bins)

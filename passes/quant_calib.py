@@ -12,9 +12,7 @@ exclude or override (a wide range from outliers, a tensor that needs more than 8
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,8 +71,9 @@ def calibrate_ranges(model, plan, feeds, opts, symmetric: bool = False,
     else:
         options = CalibrationOptions(method=opts.method, percentile=opts.percentile, symmetric=symmetric,
                                      num_quant_bins=128 if symmetric else 256, max_bytes=opts.calib_max_bytes)
-        with _cache(opts.cache_dir) as folder:
-            found = calibrate(model, names, feeds, options, progress=progress, cache_dir=folder)
+        # cache_dir: "" = graphopt's default ($GRAPHOPT_CACHE_DIR or ~/.cache/graphopt/calibration),
+        # "off" = no cache (no key is even computed), else that folder
+        found = calibrate(model, names, feeds, options, progress=progress, cache_dir=opts.cache_dir or None)
     for name in names:
         r = found[name]
         lo, hi = (r.lo, r.hi) if isinstance(r, tuple) else (r.lo, r.hi)
@@ -84,17 +83,6 @@ def calibrate_ranges(model, plan, feeds, opts, symmetric: bool = False,
         if getattr(r, "sentinels", 0) or (getattr(r, "extreme", False) and opts.method == "minmax"):
             info.setdefault("extreme", {})[name] = getattr(r, "note", "") or "extreme values"
     return ranges, info
-
-
-@contextlib.contextmanager
-def _cache(option: str):
-    """The calibration cache folder: "" = graphopt's default ($GRAPHOPT_CACHE_DIR or
-    ~/.cache/graphopt/calibration), "off" = none kept (a temporary folder), else that folder."""
-    if option.lower() not in ("off", "none"):
-        yield option or None
-        return
-    with tempfile.TemporaryDirectory(prefix="graphopt-calib-") as folder:
-        yield folder
 
 
 def _fixed_ranges(model, names: set[str]) -> dict[str, tuple[float, float]]:
@@ -157,7 +145,7 @@ def tensor_sqnr(model, candidate, feeds, batches: int, max_bytes: int = 512 * 2*
 def _runs(model, names: list[str], feeds, batches: int, max_bytes: int):
     """(names, feed source) per ORT run: the calibration engine's plan (symbolic dims sized from
     the first feed, feeds split along the batch when one is too big) over the first batches."""
-    from graphopt.calibration import plan, split_feed
+    from graphopt.calibration_plan import plan, split_feed
 
     first = next(iter(feeds()))
     sub, chunks = plan(model, names, first, max_bytes)

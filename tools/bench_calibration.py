@@ -48,7 +48,8 @@ session.run(None, feeds[0])
 print(json.dumps({{"seconds": time.perf_counter() - start, "peak": {peak}, "base": base}}))
 """
 GRAPHOPT = CHILD_PRELUDE + """
-import onnx_ir as ir
+from pathlib import Path
+from graphopt.io import load_path
 from graphopt.calibration import CalibrationOptions, calibrate
 import graphopt.runtime as runtime
 _session_options = runtime.session_options
@@ -58,7 +59,7 @@ def _with_threads(so):
     return so
 base = {peak}
 start = time.perf_counter()
-model = ir.load(args["model"])
+model = load_path(Path(args["model"]))  # as the CLI loads it (weights decoded once)
 options = CalibrationOptions(**args["options"])
 for _ in range(args.get("calls", 1)):
     ranges = calibrate(model, args["names"], feeds * args.get("times", 1), options, cache_dir=args["cache"])

@@ -1,0 +1,91 @@
+"""Per-tensor summaries computed inside the graph, so calibration reads bytes, not tensors.
+
+Exposing an activation as a graph output makes ONNX Runtime copy the whole tensor out, and
+Python then scans it again; for minmax calibration all that is needed per batch is
+
+    lo = ReduceMin(x), hi = ReduceMax(x)                (all axes, keepdims=0)
+    flag = ReduceSum(x - x)                             (NaN iff x holds a NaN or an Inf:
+                                                         NaN - NaN and Inf - Inf are NaN)
+    n = Size(x), sample = Reshape(x, [-1])[::n // 8192 + 1]   (<= 8192 strided elements)
+
+`sample` is exactly graphopt.histogram's `octave_sample` of the flattened tensor, so the octave
+profile (what flags extreme outliers) is the same as when the tensor itself is exposed, and
+lo/hi are the exact extremes. A batch whose flag is not finite has non-finite values to count:
+the caller re-runs that batch with the tensor exposed. The summary outputs are a few bytes per
+tensor whatever the activation size, so one ORT pass covers every tensor at once.
+
+`supported` says when this applies: default-domain opset >= 13 (every op used here exists with
+the forms used) and float32 (or untyped) values; anything else is calibrated by exposure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.histogram import OCTAVE_SAMPLE
+
+SUFFIXES = ("min", "max", "flag", "size", "sample")
+
+
+def supported(model: ir.Model, values: list[ir.Value]) -> bool:
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    return opset >= 13 and all(v.dtype in (None, ir.DataType.FLOAT) for v in values)
+
+
+def output_names(name: str) -> list[str]:
+    return [f"{name}__graphopt_{suffix}" for suffix in SUFFIXES]
+
+
+def with_summaries(model: ir.Model, names: list[str]) -> ir.Model:
+    """A copy of `model` (tensors shared) whose outputs are the summaries of each of `names`."""
+    copy = model.clone()
+    graph = copy.graph
+    by_name = {v.name: v for node in graph for v in node.outputs}
+    minus_one = _constant(graph, "__graphopt_minus_one", np.array([-1], np.int64))
+    zero = _constant(graph, "__graphopt_zero", np.array([0], np.int64))
+    end = _constant(graph, "__graphopt_end", np.array([np.iinfo(np.int64).max], np.int64))
+    per_step = _constant(graph, "__graphopt_per_step", np.array([OCTAVE_SAMPLE], np.int64))
+    one = _constant(graph, "__graphopt_one", np.array([1], np.int64))
+    graph.outputs.clear()
+    for name in names:
+        x = by_name[name]
+        lo, hi, flag, size, sample = output_names(name)
+        nodes = [
+            ir.node("ReduceMin", [x], {"keepdims": 0}, name=lo + "_node"),
+            ir.node("ReduceMax", [x], {"keepdims": 0}, name=hi + "_node"),
+        ]
+        diff = ir.node("Sub", [x, x], name=flag + "_sub")
+        nodes += [diff, ir.node("ReduceSum", [diff.outputs[0]], {"keepdims": 0}, name=flag + "_node")]
+        count = ir.node("Size", [x], name=size + "_node")
+        count_1d = ir.node("Reshape", [count.outputs[0], one], name=size + "_1d")
+        quotient = ir.node("Div", [count_1d.outputs[0], per_step], name=sample + "_div")
+        step = ir.node("Add", [quotient.outputs[0], one], name=sample + "_step")
+        flat = ir.node("Reshape", [x, minus_one], name=sample + "_flat")
+        strided = ir.node("Slice", [flat.outputs[0], zero, end, zero, step.outputs[0]], name=sample + "_node")
+        nodes += [count, count_1d, quotient, step, flat, strided]
+        for node in nodes:
+            graph.append(node)
+        for node, out_name in zip((nodes[0], nodes[1], nodes[3], count, strided), (lo, hi, flag, size, sample)):
+            node.outputs[0].name = out_name
+            graph.outputs.append(node.outputs[0])
+        for node in (diff, count_1d, quotient, step, flat):
+            node.outputs[0].name = node.name + "_out"
+    return copy
+
+
+def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.Tensor(array, name=name),
+                     type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(array.shape))
+    graph.register_initializer(value)
+    return value
+
+
+def read(names: list[str], arrays: list[np.ndarray]) -> dict[str, tuple[float, float, bool, int, np.ndarray]]:
+    """{tensor: (lo, hi, all_finite, size, sample)} from one run's summary outputs (in order)."""
+    result = {}
+    for i, name in enumerate(names):
+        lo, hi, flag, size, sample = arrays[5 * i:5 * i + 5]
+        result[name] = (float(lo), float(hi), bool(np.isfinite(flag)), int(np.asarray(size).reshape(-1)[0]),
+                        np.asarray(sample).reshape(-1))
+    return result
