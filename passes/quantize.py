@@ -14,9 +14,11 @@ Steps, on a clone of the model (raised to opset 13 for per-channel DequantizeLin
 4. Q/DQ, INT8 weights and INT32 biases written into a candidate (quant_apply.py);
 5. for targets that run here (ort-cpu, openvino), a latency pre-check (quant_speed.py) times the
    fully quantized model, the same with each op family back in float, and float: integer kernels
-   are not faster everywhere. If no variant beats float, the model stays float and the budget
-   search is skipped (putting nodes back to float cannot make int8 faster); else the fastest
-   variant is the start of
+   are not faster everywhere. Ranges barely move latency, so this check runs on ranges from one
+   minmax pass of in-graph summaries; the configured method's histogram calibration (steps 3-4
+   again) is paid only if int8 wins. If no variant beats float, the model stays float and the
+   budget search is skipped (putting nodes back to float cannot make int8 faster); else the
+   fastest variant is the start of
 6. the budget search, measured on the held-out feeds against the input model: if it misses the
    budget, units (nodes) are ranked by sensitivity and the fewest go back to float until it fits
    (quant_sensitivity.py); if that changed the model, the speed check runs again on the result.
@@ -132,21 +134,19 @@ class Quantize(Pass):
             ctx.no_match(self.name, key, reason)
         if not plan.units:
             return PassResult(model, False, {"skipped": "nothing to quantize", "kept_float": plan.skipped})
-        start = time.perf_counter()
+        began = time.perf_counter()
         feeds, origin = ctx.calibration_source()
         smoothed = smooth(work, plan, feeds, ctx.names(work).fresh, opts.calib_max_bytes, profile.weight.bits) \
             if opts.smooth else {}
         if any(s["alpha"] != "none" for s in smoothed.values()):  # placement again, with the X/s nodes
             plan = build_plan(work.graph, profile, excluded, overrides.float_tensors)
-        ranges, calib = calibrate_ranges(work, plan, feeds, opts, profile.activation.symmetric, ctx.progress)
-        ranges.update(overrides.ranges)
-        float_tensors = overrides.float_tensors | (frozenset(calib.get("extreme", {})) - set(overrides.ranges))
-        calib.update(seconds=round(time.perf_counter() - start, 3), source=origin)
-        build = _builder(work, profile, excluded, float_tensors, ranges, per_channel, ctx)
-        full = build(frozenset())
-        # latency first: when no family's int8 kernels beat float even fully quantized, fallbacks
-        # (more float) cannot make it faster, so the budget search is skipped
-        start, precheck = self._fastest(model, full, build, ctx, feeds, lambda candidate: True)
+        spent = {"seconds": time.perf_counter() - began, "source": origin}
+
+        def calibrated(method: str, extra: dict):
+            c = _calibrate(work, plan, feeds, opts, method, profile.activation.symmetric, overrides, ctx, extra)
+            return c, _builder(work, profile, excluded, c.float_tensors, c.ranges, per_channel, ctx)
+
+        start, build, full, precheck, calib = self._latency_first(model, ctx, feeds, calibrated, spent)
         if start is None:
             not_searched = {"measured": False, "reason": "not searched: int8 is slower even fully quantized"}
             return self._float(model, ctx, precheck, not_searched, calib)
@@ -164,6 +164,28 @@ class Quantize(Pass):
         stats = _stats(profile, best, calib, fit, opset_note)
         stats.update(speed=speed, smoothed=smoothed, matmul_bias_to_gemm=gemms, tensor_sqnr_db=sqnr)
         return PassResult(best.model, True, stats)
+
+    def _latency_first(self, model: ir.Model, ctx: PassContext, feeds, calibrated, spent: dict):
+        """(start candidate or None, build, fully quantized candidate, speed pre-check, calibration).
+
+        Latency first: when no family's int8 kernels beat float even fully quantized, fallbacks
+        (more float) cannot make it faster, so the budget search is skipped. The ranges barely
+        move the latency, so the check runs on one-pass minmax summaries (graphopt.summaries) and
+        the histogram calibration of the configured method is paid only when int8 wins."""
+        method = self.options.method
+        quick = self._speed_check_skipped() is None and method != "minmax"
+        first, build = calibrated("minmax" if quick else method, dict(spent))
+        full = build(frozenset())
+        start, precheck = self._fastest(model, full, build, ctx, feeds, lambda candidate: True)
+        if not quick:
+            return start, build, full, precheck, first.calib
+        if start is None:
+            note = f"minmax summaries for the latency check only: no {method} calibration needed"
+            return None, build, full, precheck, {**first.calib, "note": note}
+        final, build = calibrated(method, {"source": spent["source"]})
+        calib = {**final.calib, "latency_check": "on minmax summaries (one pass)"}
+        full = build(frozenset())
+        return build(start.disabled), build, full, precheck, calib
 
     def _float(self, model: ir.Model, ctx: PassContext, speed: dict, fit: dict, calib: dict) -> PassResult:
         reason = f"int8 measured slower than float here ({speed['latency_ms']})"
@@ -204,19 +226,47 @@ class Quantize(Pass):
         best, report = fit_budget(full, build, ev, budget, opts.max_fallback, ctx.progress, opts.rank, proxy)
         return best, report, lambda candidate: ev.fits(candidate.model, budget)[0]
 
+    def _speed_check_skipped(self) -> dict | None:
+        """Why no speed check is made ({"measured": False, ...}), or None when one is."""
+        opts = self.options
+        profile = resolve_profile(opts)
+        if not opts.speed_check or not profile.latency_check:
+            return {"measured": False}
+        missing = resolve_providers(None).skipped.get(profile.latency_provider)
+        if missing:
+            return {"measured": False, "reason": f"{missing}: int8 kept without a speed check"}
+        return None
+
     def _fastest(self, model: ir.Model, best: Candidate, build, ctx: PassContext, feeds, fits):
         """The fastest of {best, best with an op family back in float, float} that `fits`
         (quant_speed.py); (best, {"measured": False, ...}) when no speed check is made."""
         opts = self.options
         profile = resolve_profile(opts)
-        if not opts.speed_check or not profile.latency_check:
-            return best, {"measured": False}
-        missing = resolve_providers(None).skipped.get(profile.latency_provider)
-        if missing:
-            return best, {"measured": False, "reason": f"{missing}: int8 kept without a speed check"}
+        skipped = self._speed_check_skipped()
+        if skipped is not None:
+            return best, skipped
         feed = ctx.holdout[0] if ctx.holdout else next(iter(feeds()))
         return choose_fastest(model, best, build, fits, feed, opts.speed_runs, opts.threads,
                               opts.speed_margin, ctx.progress, profile.latency_provider)
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    ranges: dict[str, tuple[float, float]]
+    calib: dict  # the report's calibration entry
+    float_tensors: frozenset[str]  # user overrides plus tensors whose range extreme values set
+
+
+def _calibrate(work: ir.Model, plan: Plan, feeds, opts: QuantizeOptions, method: str, symmetric: bool,
+               overrides, ctx: PassContext, extra: dict) -> _Calibration:
+    from dataclasses import replace
+
+    start = time.perf_counter()
+    ranges, calib = calibrate_ranges(work, plan, feeds, replace(opts, method=method), symmetric, ctx.progress)
+    ranges.update(overrides.ranges)
+    float_tensors = overrides.float_tensors | (frozenset(calib.get("extreme", {})) - set(overrides.ranges))
+    calib.update(seconds=round(time.perf_counter() - start + extra.pop("seconds", 0.0), 3), **extra)
+    return _Calibration(ranges, calib, float_tensors)
 
 
 def _mark_slow_families(best: Candidate, full_plan, reports: list[dict]) -> None:

@@ -528,6 +528,34 @@ def test_speed_check_leaves_the_model_float_when_int8_is_slower(monkeypatch):
     assert result.model is model and default_opset(model) == 17
 
 
+def _calibration_methods(monkeypatch) -> list[str]:
+    import graphopt.passes.quantize as quantize_module
+
+    methods, real = [], quantize_module.calibrate_ranges
+    monkeypatch.setattr(quantize_module, "calibrate_ranges",
+                        lambda model, plan, feeds, opts, *a: methods.append(opts.method) or
+                        real(model, plan, feeds, opts, *a))
+    return methods
+
+
+def test_latency_precheck_runs_on_minmax_summaries_before_the_histogram_calibration(monkeypatch):
+    proto = _conv_and_gemm_model()
+    feeds = _feeds(proto, 3, scale=0.5)
+    methods = _calibration_methods(monkeypatch)
+    _fake_timings(monkeypatch, {"float": 10.0, "int8": 14.0, "no conv": 10.1, "no matmul": 15.0})
+    _, slower = quantize(proto, feeds, holdout=feeds[:1], speed_check=True)
+    assert methods == ["minmax"] and not slower.modified  # int8 lost: no percentile pass at all
+    assert "no percentile calibration needed" in slower.stats["calibration"]["note"]
+    methods.clear()
+    _fake_timings(monkeypatch, {"float": 10.0, "int8": 14.0, "no conv": 8.0, "no matmul": 15.0})
+    _, faster = quantize(proto, feeds, holdout=feeds[:1], speed_check=True)
+    assert methods == ["minmax", "percentile"] and faster.stats["calibration"]["method"] == "percentile"
+    assert faster.stats["speed"]["chosen"] == "int8 without conv" and faster.stats["quantized_by_op"] == {"Gemm": 1}
+    methods.clear()
+    quantize(proto, feeds, holdout=feeds[:1], speed_check=False)
+    assert methods == ["percentile"]  # no latency check: calibrated once, by the configured method
+
+
 # --- bad calibration data -----------------------------------------------------------------
 
 def test_nan_and_inf_in_activations_give_finite_scales():
