@@ -5,9 +5,13 @@ separate pass over the output (attention's Q/K/V projections in BERT-like models
 [1, 128, 384] in MiniLM). DQ→Gemm with an INT32 bias becomes QGemm, which adds the bias in
 its epilogue. For X of shape [..., K], constant W [K, N] and constant b [N]:
     Reshape(Add(MatMul(X, W), b), shape) = Reshape(Gemm(Reshape(X, [-1, K]), W, b), shape)
-exactly, because a Reshape only needs the element count, which both sides share. The rewrite
-applies only when the Add's sole consumer is that Reshape (so no reshape back is needed);
-X is flattened once for all the projections that read it.
+exactly, because a Reshape only needs the element count, which both sides share, as long as
+`shape` has no 0 entry: a 0 copies the input's dim at that position (allowzero=0), and the
+flattened input has other dims (PP-OCR rec's attention reshapes to [0, L, 3, 8, 15] at run time).
+So `shape` must be provably free of 0s: a constant, or a Concat of constants and dims read by
+Shape (a read dim is 0 only for an empty tensor). The rewrite applies only when the Add's sole
+consumer is that Reshape (so no reshape back is needed); X is flattened once for all the
+projections that read it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,36 @@ def _candidate(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
     after = add.outputs[0].uses()
     if len(after) != 1 or after[0].node.op_type != "Reshape" or after[0].idx != 0:
         return None
+    if not _never_copies_a_dim(after[0].node):
+        return None
     return add, after[0].node
+
+
+# ops that carry dims read by Shape through to a Reshape target without making new values
+_SHAPE_CARRIERS = ("Cast", "Gather", "Slice", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _never_copies_a_dim(reshape: ir.Node) -> bool:
+    """True when the Reshape's target provably holds no 0 entry (or allowzero=1 makes a 0 a 0)."""
+    if reshape.attributes.get_int("allowzero", 0):
+        return True
+    return _no_zero_entries(reshape.inputs[1])
+
+
+def _no_zero_entries(value: ir.Value | None, depth: int = 0) -> bool:
+    if value is None or depth > 8:
+        return False
+    data = constant_array(value)
+    if data is not None:
+        return bool(np.all(data.astype(np.int64) != 0))  # as a Cast to int64 would read it
+    producer = value.producer()
+    if producer is None:
+        return False
+    if producer.op_type == "Shape":
+        return True
+    if producer.op_type == "Concat":
+        return all(_no_zero_entries(v, depth + 1) for v in producer.inputs)
+    return producer.op_type in _SHAPE_CARRIERS and _no_zero_entries(producer.inputs[0], depth + 1)
 
 
 def matmul_bias_to_gemm(graph: ir.Graph, fresh) -> int:

@@ -261,6 +261,34 @@ def test_matmul_bias_reshape_becomes_gemm_exactly():
     np.testing.assert_allclose(run_ort(out, feed)[0], run_ort(proto, feed)[0], rtol=1e-5, atol=1e-5)
 
 
+# Reshape targets after MatMul + bias: a 0 entry copies the input's dim, which the flattened
+# [-1, K] input no longer has (PP-OCR rec's SVTR attention: Concat([0], Shape(x)[1:2], [3, 8, 15]))
+PROJECT_RESHAPE = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[N, L, 8] x) => (float[N, L, 3, 4] y) {
+    mm = MatMul(x, w)
+    h = Add(mm, b)
+    dims = Shape <start = 1, end = 2> (x)
+    target = Concat <axis = 0> (lead, dims, heads)
+    y = Reshape(h, target)
+}"""
+
+
+@pytest.mark.parametrize("lead, rewritten", [([0], 0), ([-1], 1)])
+def test_matmul_bias_to_gemm_skips_reshape_targets_that_copy_an_input_dim(lead, rewritten):
+    from graphopt.passes.quant_gemm import matmul_bias_to_gemm
+
+    proto = _model(PROJECT_RESHAPE, w=RNG.standard_normal((8, 12)).astype(np.float32),
+                   b=RNG.standard_normal(12).astype(np.float32), lead=np.array(lead, np.int64),
+                   heads=np.array([3, 4], np.int64))
+    model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(proto))
+    counter = iter(range(10**6))
+    assert matmul_bias_to_gemm(model.graph, lambda base: f"{base}_{next(counter)}") == rewritten
+    out = ir.serde.serialize_model(model)
+    feed = {"x": RNG.standard_normal((2, 5, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run_ort(out, feed)[0], run_ort(proto, feed)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_softmax_output_takes_its_own_range():
     proto = _lossless(transformer_block())
     out, result = quantize(proto, _feeds(proto, 4), profile="tensorrt")  # quantizes P·V's inputs
