@@ -6,13 +6,15 @@ histogram methods a 2·bins histogram whose range grows by exact power-of-two re
 is O(tensors x bins), independent of the sample count; nothing keeps a batch once it is folded.
 ORT sessions borrow the model's weights (graphopt.shared_session) instead of copying them.
 
-- minmax: one ORT pass computes each tensor's extremes, a NaN/Inf flag and a strided sample
-  inside the graph (graphopt.summaries), so only a few bytes per tensor leave ORT; a batch with
-  non-finite values is re-run exposed to count them. Unsupported models (opset < 13, non-float32
-  values) or a refused summary graph fall back to exposure (logged at debug).
-- histogram methods (and the fallback): the tensors are exposed as graph outputs
-  (graphopt.activations: ORT graph optimizations off), with feeds split into sub-batches or names
-  into chunks so one run's exposed bytes stay under `max_bytes` (graphopt.calibration_plan).
+- In the graph (graphopt.calibration_ingraph): minmax is one ORT pass of per-tensor summaries
+  (extremes, a NaN/Inf flag, a strided sample); percentile/entropy/mse add a second pass that
+  bins every element inside the graph at the final range pass 1 found, so only 2·bins counts per
+  tensor leave ORT. Same statistics as exposure (the histogram merge is exact).
+- Exposed (graphopt.activations: the tensors become graph outputs, ORT optimizations off): for
+  tensors with NaN/Inf or mask sentinels in the histogram methods, for models the in-graph
+  passes do not support (opset < 10, non-float32 values) and when ORT refuses them (logged at
+  debug). Feeds are split into sub-batches or names into chunks so one run's exposed bytes stay
+  under `max_bytes` (graphopt.calibration_plan).
 
 Ranges: `lo <= 0 <= hi` always (QDQ represents 0 exactly), clamped to the observed extremes; a
 zero-width range (constant 0, or no finite value) becomes a unit range so a scale is never 0.
@@ -33,25 +35,22 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import summaries
-from graphopt.activations import exposed_session, stream_activations
-from graphopt.calibration_plan import plan, split_feed
+from graphopt import calibration_ingraph as ingraph
+from graphopt.activations import stream_activations
+from graphopt.calibration_plan import checked_feeds, plan, split_feed
 from graphopt.calibration_cache import CACHE_VERSION, cache_folder, hash_model, load_ranges, store_ranges
-from graphopt.data import input_specs, validate_feed
 from graphopt.errors import InputError
-from graphopt.runtime import return_freed_memory
 from graphopt.histogram import (TensorStats, entropy_threshold, extreme_note, fold, mse_range,
                                 percentile_range)
 
 Feed = dict[str, np.ndarray]
 MIN_SPAN = 1e-30
-SUMMARY_OPT_LEVEL = "disable_all"  # ORT level of the minmax summary pass
 log = logging.getLogger("graphopt.calibration")
 
 
@@ -140,36 +139,35 @@ def _check_names(model: ir.Model, names: list[str]) -> None:
         raise InputError(f"calibration: no value named {', '.join(map(repr, unknown[:3]))} in the main graph")
 
 
-def checked_feeds(source: Callable[[], Iterable[Feed]], model: ir.Model) -> Iterator[Feed]:
-    """Iterate the source, checking each feed's names, dtypes, ranks and static dims."""
-    specs = input_specs(model)
-    count = 0
-    for i, feed in enumerate(source()):
-        if not isinstance(feed, dict):
-            raise InputError(f"calibration feed {i}: expected a dict of arrays, got {type(feed).__name__}")
-        feed = {k: np.asarray(v) for k, v in feed.items()}
-        validate_feed(feed, specs, f"calibration feed {i}")
-        count += 1
-        yield feed
-    if count == 0:
-        raise InputError("calibration data holds no feeds")
-
-
 def _collect(model, names, source, options, progress) -> dict[str, TensorStats]:
+    """In-graph passes when the model allows them (graphopt.calibration_ingraph), exposure for
+    the tensors they leave and as the fallback when ORT refuses them."""
     say = progress or (lambda message: None)
     inputs = {v.name for v in model.graph.inputs} & set(names)
     exposed = [n for n in names if n not in inputs and n not in model.graph.initializers]
-    if options.method == "minmax" and exposed:
-        by_name = {v.name: v for node in model.graph for v in node.outputs}
-        if summaries.supported(model, [by_name[n] for n in exposed]):
-            stats = _initial_stats(model, names, options)
-            try:
-                _collect_summaries(model, exposed, source, stats, inputs, say)
-                return stats
-            except _SummariesRefused as exc:
-                log.debug("in-graph summaries not usable (%s); exposing the tensors instead", exc)
+    if exposed and ingraph.usable(model, exposed):
+        try:
+            return _collect_in_graph(model, names, exposed, inputs, source, options, say)
+        except ingraph.Refused as exc:
+            log.debug("in-graph calibration not usable (%s); exposing the tensors instead", exc)
     stats = _initial_stats(model, names, options)
     _collect_exposed(model, names, exposed, inputs, source, options, stats, say)
+    return stats
+
+
+def _collect_in_graph(model, names, exposed, inputs, source, options, say) -> dict[str, TensorStats]:
+    extremes = _initial_stats(model, names, replace(options, method="minmax"))
+    ingraph.collect_summaries(model, exposed, source, extremes, inputs, say, options.method)
+    if options.method == "minmax":
+        return extremes
+    stats = _initial_stats(model, names, options)
+    binned = ingraph.clean(exposed, extremes)
+    rest = [n for n in exposed if n not in binned]  # NaN/Inf or sentinels: no bin, exposed
+    sub, chunks = plan(model, rest, next(checked_feeds(source, model)), options.max_bytes)
+    raw = rest if sub is None and len(chunks) <= 1 else []  # exposed in the histogram pass if they fit
+    ingraph.collect_histograms(model, binned, source, extremes, stats, inputs, say, raw)
+    if rest and not raw:
+        _collect_exposed(model, names, rest, set(), source, options, stats, say)
     return stats
 
 
@@ -179,54 +177,6 @@ def _initial_stats(model, names, options) -> dict[str, TensorStats]:
     for name in set(names) & set(model.graph.initializers) - inputs:
         stats[name].update(model.graph.initializers[name].const_value.numpy())
     return stats
-
-
-class _SummariesRefused(Exception):
-    pass
-
-
-def _collect_summaries(model, names, source, stats, inputs, say) -> None:
-    """minmax from one pass of in-graph summaries (graphopt.summaries); batches holding NaN/Inf
-    are re-run with their tensors exposed, so non-finite counts stay exact."""
-    try:
-        session = exposed_session(summaries.with_summaries(model, names), SUMMARY_OPT_LEVEL)
-    except InputError as exc:
-        raise _SummariesRefused(str(exc)) from None
-    outputs = [out for name in names for out in summaries.output_names(name)]
-    say(f"calibration (minmax): {len(names) + len(inputs)} tensors, 1 pass over the data (in-graph summaries)")
-    redo: dict[int, list[str]] = {}
-    try:
-        for i, feed in enumerate(checked_feeds(source, model)):
-            for name in inputs:
-                stats[name].update(feed[name])
-            try:
-                found = summaries.read(names, session.run(outputs, feed))
-            except Exception as exc:  # noqa: BLE001  (ORT's private types; exposure reports it)
-                raise _SummariesRefused(f"feed {i}: {str(exc).strip()[:200]}") from None
-            for name, (lo, hi, finite, size, sample) in found.items():
-                if finite:
-                    stats[name].update_summary(lo, hi, size, sample)
-                else:
-                    redo.setdefault(i, []).append(name)
-            say(f"calibration pass 1/1: batch {i + 1}")
-    finally:
-        del session
-        return_freed_memory()
-    if redo:
-        _exact_batches(model, source, redo, stats)
-
-
-def _exact_batches(model, source, redo: dict[int, list[str]], stats) -> None:
-    """Fold the batches in `redo` ({feed index: names}) from the exposed tensors themselves."""
-    picked = [feed for i, feed in enumerate(checked_feeds(source, model)) if i in redo]
-    wanted = [redo[i] for i in sorted(redo)]
-    names = sorted({n for group in wanted for n in group})
-
-    def consume(index: int, arrays: dict[str, np.ndarray]) -> None:
-        for name in wanted[index]:
-            stats[name].update(arrays[name])
-
-    stream_activations(model, names, lambda: iter(picked), consume, max_bytes=2**62)
 
 
 def _collect_exposed(model, names, exposed, inputs, source, options, stats, say) -> None:

@@ -1,5 +1,5 @@
-"""Planning one calibration pass: how to split feeds and names so an ORT run's exposed bytes
-stay under a cap.
+"""Feeds and planning for calibration passes: checked feeds, and how to split feeds and names
+so an ORT run's exposed bytes stay under a cap.
 
 Bytes are estimated from each value's shape, symbolic dims resolved by name from the first feed's
 input shapes (shapeless values count as the largest input). When the total exceeds the cap and
@@ -11,14 +11,30 @@ separate pass over the feeds.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.data import input_specs
+from graphopt.data import input_specs, validate_feed
+from graphopt.errors import InputError
 
 Feed = dict[str, np.ndarray]
+
+
+def checked_feeds(source: Callable[[], Iterable[Feed]], model: ir.Model) -> Iterator[Feed]:
+    """Iterate the source, checking each feed's names, dtypes, ranks and static dims."""
+    specs = input_specs(model)
+    count = 0
+    for i, feed in enumerate(source()):
+        if not isinstance(feed, dict):
+            raise InputError(f"calibration feed {i}: expected a dict of arrays, got {type(feed).__name__}")
+        feed = {k: np.asarray(v) for k, v in feed.items()}
+        validate_feed(feed, specs, f"calibration feed {i}")
+        count += 1
+        yield feed
+    if count == 0:
+        raise InputError("calibration data holds no feeds")
 
 
 def split_feed(feed: Feed, sub: int | None) -> Iterator[Feed]:

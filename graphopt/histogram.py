@@ -130,6 +130,20 @@ class TensorStats:
         if self.counts is not None:
             self._add_to_histogram(x, max(-lo, hi))
 
+    @classmethod
+    def from_extremes(cls, extremes: "TensorStats", exponent: int | None) -> "TensorStats":
+        """Histogram statistics at a final bin `exponent` (None: all zeros), taking min/max,
+        counts of elements and the octave profile from minmax `extremes` of the same data; the
+        caller adds the bin counts (graphopt.histogram_graph). An all-zero tensor is complete."""
+        stats = cls(extremes.bins, histogram=True)
+        stats.min, stats.max, stats.samples = extremes.min, extremes.max, extremes.samples
+        stats.nonfinite, stats.sentinels = extremes.nonfinite, extremes.sentinels
+        stats.octaves = extremes.octaves.copy()
+        stats.exponent = exponent
+        if exponent is None:
+            stats.counts[stats.bins] = extremes.samples
+        return stats
+
     def update_summary(self, lo: float, hi: float, size: int, sample: np.ndarray) -> None:
         """Fold one batch known only by its exact extremes, element count and `octave_sample`
         (graphopt.summaries; every value finite). Statistics equal `update` on the whole tensor,

@@ -63,8 +63,13 @@ def resolve_providers(requested: list[str] | None) -> ProviderChoice:
     return ProviderChoice(usable, skipped)
 
 
-def session_options(opt_level: str = "disable_all", threads: int = 0) -> ort.SessionOptions:
+def session_options(opt_level: str = "disable_all", threads: int = 0,
+                    in_graph_order: bool = False) -> ort.SessionOptions:
+    """ORT session options; `in_graph_order` runs nodes in the graph's own order (ORT's
+    priority-based order with equal priorities) instead of ORT's default topological order."""
     so = ort.SessionOptions()
+    if in_graph_order:
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.graph_optimization_level = OPT_LEVELS[opt_level]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -93,13 +98,13 @@ def model_file(model: ir.Model) -> Iterator[Path]:
 
 
 def create_session(source: ir.Model | Path, provider: str = "cpu", opt_level: str = "disable_all",
-                   threads: int = 0) -> ort.InferenceSession:
+                   threads: int = 0, in_graph_order: bool = False) -> ort.InferenceSession:
     """Build an InferenceSession; raises InputError with ORT's reason if it refuses the model."""
     full = PROVIDERS[provider]
     providers = [(full, _PROVIDER_OPTIONS.get(full, {}))]
     if full != "CPUExecutionProvider":
         providers.append(("CPUExecutionProvider", {}))
-    so = session_options(opt_level, threads)
+    so = session_options(opt_level, threads, in_graph_order)
     try:
         if isinstance(source, Path):
             return ort.InferenceSession(str(source), so, providers=providers)

@@ -159,6 +159,7 @@ def test_cache_hit_returns_identical_ranges_without_running_ort(tmp_path, monkey
         raise AssertionError("ORT ran on a cache hit")
 
     monkeypatch.setattr(calibration, "stream_activations", no_ort)
+    monkeypatch.setattr(calibration.ingraph, "exposed_session", no_ort)
     again = calibrate(_model(), ["b", "a"], iter(_feeds()), options, cache_dir=tmp_path)
     assert again == first and all(isinstance(r, TensorRange) for r in again.values())
     with pytest.raises(AssertionError, match="ORT ran"):  # other data: a miss
@@ -210,6 +211,7 @@ def test_split_batches_and_chunked_names_give_the_same_ranges(method, monkeypatc
         return real(model, names, lambda: iter(list(feeds())), consume, **kwargs)
 
     monkeypatch.setattr(calibration, "stream_activations", counting)
+    monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)  # exposure planning
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", "off")
     model, feeds = _model(), _feeds(shapes=((6, 40), (3, 40)))
     whole = calibrate(model, ["a", "b"], feeds, CalibrationOptions(method=method), cache_dir=None)
@@ -234,7 +236,9 @@ def test_one_shot_iterator_and_progress_messages():
     assert messages[-1] == "calibration pass 1/1: batch 3"
     messages.clear()
     calibrate(_model(), ["a"], _feeds(), CalibrationOptions(method="percentile"), progress=messages.append)
-    assert messages[0].startswith("calibration (percentile): 1 tensors, 1 pass(es)")
+    assert messages[0] == ("calibration (percentile): 1 tensors, 2 passes over the data "
+                           "(in-graph summaries, then histograms)")
+    assert messages[-1] == "calibration pass 2/2: batch 3"
 
 
 def _exposures(monkeypatch) -> list:
@@ -247,21 +251,24 @@ def _exposures(monkeypatch) -> list:
         return real(model, names, lambda: iter(held), consume, **kwargs)
 
     monkeypatch.setattr(calibration, "stream_activations", counting)
+    monkeypatch.setattr(calibration.ingraph, "stream_activations", counting)
     return runs
 
 
-def test_minmax_summaries_equal_exposed_tensors_and_rerun_only_nonfinite_batches(monkeypatch):
+@pytest.mark.parametrize("opset", [11, 17])  # reductions take axes as an attribute / input
+def test_minmax_summaries_equal_exposed_tensors_and_rerun_only_nonfinite_batches(opset, monkeypatch):
     rng = np.random.default_rng(3)
     feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))
     feeds[1]["x"][0, 2] = np.inf  # a, b, y non-finite in this batch (y = b + inf·0 = NaN)
     feeds[2]["x"][1, 0] = -1e31  # a mask-style sentinel (finite in a = 2x too)
     feeds[0]["x"] *= rng.uniform(0.5, 1.5, size=feeds[0]["x"].shape).astype(np.float32)
     runs = _exposures(monkeypatch)
-    summarized = calibrate(_model(), ["x", "a", "b", "y"], feeds, CalibrationOptions(), cache_dir="off")
+    model = _model(MODEL.replace('"" : 17', f'"" : {opset}'))
+    summarized = calibrate(model, ["x", "a", "b", "y"], feeds, CalibrationOptions(), cache_dir="off")
     assert runs == [(["a", "b", "y"], 1)]  # only the batch holding the Inf is exposed again
-    monkeypatch.setattr(calibration.summaries, "supported", lambda model, values: False)
+    monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)
     runs.clear()
-    exposed = calibrate(_model(), ["x", "a", "b", "y"], feeds, CalibrationOptions(), cache_dir="off")
+    exposed = calibrate(model, ["x", "a", "b", "y"], feeds, CalibrationOptions(), cache_dir="off")
     assert runs == [(["a", "b", "y"], 3)]
     # identical statistics, except that the summaries estimate the sentinel count from the sample
     assert exposed["a"].sentinels == 1 and summarized["a"].sentinels == 2  # 1 of 7,500 sampled of 15,000
@@ -270,9 +277,33 @@ def test_minmax_summaries_equal_exposed_tensors_and_rerun_only_nonfinite_batches
     assert summarized["a"].nonfinite == 1 and summarized["a"].extreme
 
 
-def test_minmax_below_opset_13_is_calibrated_by_exposure(monkeypatch):
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+@pytest.mark.parametrize("opset", [12, 17])  # below 16 the histogram pass runs on a raised clone
+def test_in_graph_histograms_equal_exposed_ones_and_sentinel_tensors_are_exposed_in_the_same_pass(
+        method, opset, monkeypatch):
+    feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))
+    feeds[0]["x"][0, :3] = [0.0, 40.0, -1e-3]  # bin edges and a far value
+    masked = [{"scores": f["x"], "mask": np.where(f["x"] > 1.5, -1e31, 0).astype(np.float32)} for f in feeds]
     runs = _exposures(monkeypatch)
-    old = _model(MODEL.replace('"" : 17', '"" : 12'))
+    options = CalibrationOptions(method=method, bins=256)
+    model = _model(MODEL.replace('"" : 17', f'"" : {opset}'))
+    names = ["x", "a", "b", "y"]
+    in_graph = calibrate(model, names, feeds, options, cache_dir="off")
+    mask_model = _model(MASKED.replace('"" : 17', f'"" : {opset}'))
+    masked_in_graph = calibrate(mask_model, ["scores", "masked", "y"], masked, options, cache_dir="off")
+    assert runs == []  # `masked` (sentinels: no bin) came out of the histogram pass as a tensor
+    capped = dataclasses.replace(options, max_bytes=4 * 5000)  # too big for one run: its own pass
+    assert calibrate(mask_model, ["scores", "masked", "y"], masked, capped, cache_dir="off") == masked_in_graph
+    assert [names for names, _ in runs] == [["masked"]]
+    monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)
+    assert in_graph == calibrate(model, names, feeds, options, cache_dir="off")
+    assert masked_in_graph == calibrate(mask_model, ["scores", "masked", "y"], masked, options, cache_dir="off")
+    assert masked_in_graph["masked"].sentinels > 0 and masked_in_graph["masked"].lo > -100
+
+
+def test_minmax_below_opset_10_is_calibrated_by_exposure(monkeypatch):
+    runs = _exposures(monkeypatch)
+    old = _model(MODEL.replace('"" : 17', '"" : 9'))
     ranges = calibrate(old, ["a"], _feeds(), CalibrationOptions(), cache_dir="off")
     every = np.concatenate([f["x"].ravel() for f in _feeds()])
     assert runs == [(["a"], 3)] and (ranges["a"].lo, ranges["a"].hi) == (2 * every.min(), 2 * every.max())
