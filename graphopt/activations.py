@@ -120,16 +120,16 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
     return StreamStats(len(chunks), batches, chunks)
 
 
-def exposed_session(model: ir.Model, opt_level: str = "disable_all", in_graph_order: bool = False):
+def exposed_session(model: ir.Model, opt_level: str = "disable_all", low_memory: bool = False):
     """A CPU session for a model with exposed outputs: borrowing the weights when possible,
     else from bytes (small models) or a temporary file (large ones)."""
-    session = shared_weight_session(model, opt_level, in_graph_order=in_graph_order)
+    session = shared_weight_session(model, opt_level, low_memory=low_memory)
     if session is not None:
         return session
     if in_memory_bytes(model) < FILE_SESSION_MIN_BYTES:
-        return create_session(model, opt_level=opt_level, in_graph_order=in_graph_order)
+        return create_session(model, opt_level=opt_level, low_memory=low_memory)
     with model_file(model) as path:
-        return create_session(path, opt_level=opt_level, in_graph_order=in_graph_order)
+        return create_session(path, opt_level=opt_level, low_memory=low_memory)
 
 
 def run_exposed(session, chunk: list[str], feeds: FeedSource, consume: Consumer,

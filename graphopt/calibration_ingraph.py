@@ -97,7 +97,7 @@ def collect_histograms(model, names, source, extremes, stats, inputs, say, raw: 
 def _runs(graph_model, outputs, model, source, inputs, stats):
     """(feed index, output arrays) over the feeds, folding graph inputs into `stats` on the way."""
     try:
-        session = exposed_session(graph_model, OPT_LEVEL, in_graph_order=True)
+        session = exposed_session(graph_model, OPT_LEVEL, low_memory=True)
     except InputError as exc:
         raise Refused(str(exc)) from None
     try:

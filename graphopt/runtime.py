@@ -64,12 +64,16 @@ def resolve_providers(requested: list[str] | None) -> ProviderChoice:
 
 
 def session_options(opt_level: str = "disable_all", threads: int = 0,
-                    in_graph_order: bool = False) -> ort.SessionOptions:
-    """ORT session options; `in_graph_order` runs nodes in the graph's own order (ORT's
-    priority-based order with equal priorities) instead of ORT's default topological order."""
+                    low_memory: bool = False) -> ort.SessionOptions:
+    """ORT session options. `low_memory` (calibration's in-graph passes): nodes run in the graph's
+    own order (ORT's priority-based order, equal priorities) instead of ORT's default topological
+    order, and without a memory pattern (which pre-plans one block for every value of a run), so
+    a value is freed after its last consumer. Measured on PP-OCR det minmax: peak +161 MB and
+    1.17 s, against +229 MB and 1.80 s with a memory pattern."""
     so = ort.SessionOptions()
-    if in_graph_order:
+    if low_memory:
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        so.enable_mem_pattern = False
     so.graph_optimization_level = OPT_LEVELS[opt_level]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -98,13 +102,13 @@ def model_file(model: ir.Model) -> Iterator[Path]:
 
 
 def create_session(source: ir.Model | Path, provider: str = "cpu", opt_level: str = "disable_all",
-                   threads: int = 0, in_graph_order: bool = False) -> ort.InferenceSession:
+                   threads: int = 0, low_memory: bool = False) -> ort.InferenceSession:
     """Build an InferenceSession; raises InputError with ORT's reason if it refuses the model."""
     full = PROVIDERS[provider]
     providers = [(full, _PROVIDER_OPTIONS.get(full, {}))]
     if full != "CPUExecutionProvider":
         providers.append(("CPUExecutionProvider", {}))
-    so = session_options(opt_level, threads, in_graph_order)
+    so = session_options(opt_level, threads, low_memory)
     try:
         if isinstance(source, Path):
             return ort.InferenceSession(str(source), so, providers=providers)

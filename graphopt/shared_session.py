@@ -36,7 +36,7 @@ log = logging.getLogger("graphopt.shared_session")
 
 
 def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threads: int = 0,
-                          prepack: bool = False, in_graph_order: bool = False) -> ort.InferenceSession | None:
+                          prepack: bool = False, low_memory: bool = False) -> ort.InferenceSession | None:
     """A CPU session over `model` whose large weights are the IR's own numpy buffers (or None)."""
     arrays = _borrowable(model)
     if not arrays:
@@ -47,7 +47,7 @@ def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threa
             PLACEHOLDER, 0, array.nbytes, ir.DataType.from_numpy(array.dtype),
             shape=ir.Shape(array.shape), name=name)
     proto = ir.serde.serialize_model(declared).SerializeToString()
-    so = runtime.session_options(opt_level, threads, in_graph_order)
+    so = runtime.session_options(opt_level, threads, low_memory)
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in arrays.items()}

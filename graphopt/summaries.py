@@ -16,7 +16,7 @@ lo/hi are the exact extremes. A batch whose flag is not finite has non-finite va
 the caller re-runs that batch with the tensor exposed. The summary outputs are a few bytes per
 tensor whatever the activation size, so one ORT pass covers every tensor at once. The summary
 nodes sit right after each tensor's producer and the session runs nodes in graph order
-(graphopt.runtime's `in_graph_order`), so each tensor is freed after its summary as it would be
+(graphopt.runtime's `low_memory`), so each tensor is freed after its summary as it would be
 without one; in ORT's default order the summaries ran late and kept the tensors alive (MiniLM,
 114 tensors, batch 8 x 128: peak +773 MB in ORT's order, +202 MB in graph order, against +190 MB
 for the plain model).
