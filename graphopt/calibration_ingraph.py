@@ -85,7 +85,8 @@ def collect_histograms(model, names, source, extremes, stats, inputs, say, raw: 
         return
     graph_model = _at_least_opset_16(model, [*binned, *raw])
     outputs = [histogram_graph.output_name(n) for n in binned] + raw
-    with_hist = histogram_graph.with_histograms(graph_model, binned, bins, raw)
+    largest = {n: extremes[n].largest for n in binned}
+    with_hist = histogram_graph.with_histograms(graph_model, binned, bins, raw, largest)
     for i, arrays in _runs(with_hist, outputs, model, source, inputs, stats):
         for name, counts in zip(binned, arrays):
             stats[name].counts += counts

@@ -101,6 +101,7 @@ class TensorStats:
         self.bins = bins
         self.min, self.max = math.inf, -math.inf
         self.nonfinite = self.sentinels = self.samples = 0
+        self.largest = 0  # most elements in one batch
         self.octaves = np.zeros(256, dtype=np.int64)
         self.exponent: int | None = None
         self.counts = np.zeros(2 * bins, dtype=np.int64) if histogram else None
@@ -109,6 +110,7 @@ class TensorStats:
         x = np.asarray(array).reshape(-1)
         x = x if x.dtype == np.float32 else x.astype(np.float32)
         self.samples += x.size
+        self.largest = max(self.largest, x.size)
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
@@ -137,6 +139,7 @@ class TensorStats:
         caller adds the bin counts (graphopt.histogram_graph). An all-zero tensor is complete."""
         stats = cls(extremes.bins, histogram=True)
         stats.min, stats.max, stats.samples = extremes.min, extremes.max, extremes.samples
+        stats.largest = extremes.largest
         stats.nonfinite, stats.sentinels = extremes.nonfinite, extremes.sentinels
         stats.octaves = extremes.octaves.copy()
         stats.exponent = exponent
@@ -150,6 +153,7 @@ class TensorStats:
         except the sentinel count, estimated from the sample. No histogram: minmax only."""
         assert self.counts is None, "histogram statistics need the whole tensor"
         self.samples += size
+        self.largest = max(self.largest, size)
         if size == 0:
             return
         self._fold_extremes(lo, hi, sample)

@@ -14,8 +14,11 @@ to a grown range is exact (graphopt/histogram.py). Only tensors with all values 
 the sentinel magnitude qualify (NaN/Inf/sentinels have no bin); the caller exposes the others.
 
 Each tensor's histogram nodes sit right after its producer and the session runs in graph order,
-so the int32 temporaries of one tensor at a time are alive: ORT's memory stays near the float
-model's, and only 2B int32 counts per tensor leave ORT, in one pass however large the tensors.
+and a tensor is binned in chunks of CHUNK elements of its flattened view (Slice; the number of
+chunks from the largest size the summaries pass saw, trailing slices past the end are empty), so
+the temporaries (the scaled chunk, its int32 indices, the ones to add) of one chunk at a time are
+alive: ORT's memory stays near the float model's, and only 2B int32 counts per tensor leave ORT,
+in one pass however large the tensors.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 MIN_OPSET = 16
+CHUNK = 1 << 20  # elements binned per step: the temporaries hold ~3 chunks, not ~3 tensors
 
 
 def supported(model: ir.Model) -> bool:
@@ -34,38 +38,54 @@ def output_name(name: str) -> str:
     return f"{name}__graphopt_histogram"
 
 
-def with_histograms(model: ir.Model, exponents: dict[str, int], bins: int, raw: list[str] = ()) -> ir.Model:
+def with_histograms(model: ir.Model, exponents: dict[str, int], bins: int, raw: list[str] = (),
+                    largest: dict[str, int] | None = None) -> ir.Model:
     """A copy of `model` (tensors shared) whose outputs are the 2·bins int32 counts of each
-    tensor in `exponents` on the grid of width 2^exponent, then the `raw` tensors themselves."""
+    tensor in `exponents` on the grid of width 2^exponent, then the `raw` tensors themselves.
+    A tensor of up to `largest[name]` elements is binned in chunks of CHUNK elements."""
     copy = model.clone()
     graph = copy.graph
     by_name = {v.name: v for node in graph for v in node.outputs}
-    offset = _constant(graph, "__graphopt_hist_offset", np.array(bins, np.float32))
-    flat_shape = _constant(graph, "__graphopt_hist_flat", np.array([-1], np.int64))
-    zeros = _constant(graph, "__graphopt_hist_zeros", np.zeros(2 * bins, np.int32))
+    shared = {"offset": _constant(graph, "__graphopt_hist_offset", np.array(bins, np.float32)),
+              "flat": _constant(graph, "__graphopt_hist_flat", np.array([-1], np.int64)),
+              "axis": _constant(graph, "__graphopt_hist_axis", np.array([0], np.int64)),
+              "zeros": _constant(graph, "__graphopt_hist_zeros", np.zeros(2 * bins, np.int32))}
     graph.outputs.clear()
     for name, exponent in exponents.items():
-        x = by_name[name]
-        scale = _constant(graph, f"{name}__graphopt_hist_scale", np.array(2.0 ** -exponent, np.float32))
-        out = output_name(name)
-        nodes = [ir.node("Mul", [x, scale], name=out + "_scale")]
-        nodes.append(ir.node("Floor", [nodes[-1].outputs[0]], name=out + "_floor"))
-        nodes.append(ir.node("Add", [nodes[-1].outputs[0], offset], name=out + "_offset"))
-        nodes.append(ir.node("Cast", [nodes[-1].outputs[0]], {"to": ir.DataType.INT32}, name=out + "_index"))
-        nodes.append(ir.node("Reshape", [nodes[-1].outputs[0], flat_shape], name=out + "_flat"))
-        shape = ir.node("Shape", [nodes[-1].outputs[0]], name=out + "_shape")
-        ones = ir.node("ConstantOfShape", [shape.outputs[0]],
-                       {"value": ir.tensor(np.array([1], np.int32))}, name=out + "_ones")
-        scatter = ir.node("ScatterElements", [zeros, nodes[-1].outputs[0], ones.outputs[0]],
-                          {"axis": 0, "reduction": "add"}, name=out + "_node")
-        nodes += [shape, ones, scatter]
-        for node in nodes[:-1]:
+        x, out = by_name[name], output_name(name)
+        scale = _constant(graph, f"{out}_scale", np.array(2.0 ** -exponent, np.float32))
+        flat = ir.node("Reshape", [x, shared["flat"]], name=out + "_flat")  # a view in ORT (alias)
+        nodes, total = [flat], None
+        for k in range(max(1, -(-(largest or {}).get(name, 0) // CHUNK))):
+            bounds = [_constant(graph, f"{out}_{k}_{end}", np.array([(k + end) * CHUNK], np.int64))
+                      for end in (0, 1)]
+            piece = ir.node("Slice", [flat.outputs[0], *bounds, shared["axis"]], name=f"{out}_{k}_slice")
+            nodes += [piece, *_bin_counts(piece.outputs[0], scale, shared, f"{out}_{k}")]
+            if total is not None:
+                nodes.append(ir.node("Add", [total, nodes[-1].outputs[0]], name=f"{out}_{k}_sum"))
+            total = nodes[-1].outputs[0]
+        for node in nodes:
             node.outputs[0].name = node.name + "_out"
-        scatter.outputs[0].name = out
+        total.name = out
         graph.insert_after(x.producer(), nodes)
-        graph.outputs.append(scatter.outputs[0])
+        graph.outputs.append(total)
     graph.outputs.extend(by_name[name] for name in raw)
     return copy
+
+
+def _bin_counts(chunk: ir.Value, scale: ir.Value, shared: dict, prefix: str) -> list[ir.Node]:
+    """Nodes counting the 1-D `chunk` into 2·bins int32 bins (the last node's output)."""
+    nodes = [ir.node("Mul", [chunk, scale], name=prefix + "_scaled")]
+    nodes.append(ir.node("Floor", [nodes[-1].outputs[0]], name=prefix + "_floor"))
+    nodes.append(ir.node("Add", [nodes[-1].outputs[0], shared["offset"]], name=prefix + "_offset"))
+    nodes.append(ir.node("Cast", [nodes[-1].outputs[0]], {"to": ir.DataType.INT32}, name=prefix + "_index"))
+    index = nodes[-1].outputs[0]
+    nodes.append(ir.node("Shape", [index], name=prefix + "_shape"))
+    nodes.append(ir.node("ConstantOfShape", [nodes[-1].outputs[0]],
+                         {"value": ir.tensor(np.array([1], np.int32))}, name=prefix + "_ones"))
+    nodes.append(ir.node("ScatterElements", [shared["zeros"], index, nodes[-1].outputs[0]],
+                         {"axis": 0, "reduction": "add"}, name=prefix + "_counts"))
+    return nodes
 
 
 def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

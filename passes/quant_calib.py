@@ -13,7 +13,8 @@ exclude or override (a wide range from outliers, a tensor that needs more than 8
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,6 +50,26 @@ def parse_overrides(items: tuple[str, ...]) -> Overrides:
             raise ValueError(f"override {item!r}: LO..HI must be finite with LO <= HI")
         ranges[name] = (low, high)
     return Overrides(frozenset(floats), ranges)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    ranges: dict[str, tuple[float, float]]
+    calib: dict  # the report's calibration entry
+    float_tensors: frozenset[str]  # user overrides plus tensors whose range extreme values set
+
+
+def calibrate_plan(work, plan, feeds, opts, method: str, symmetric: bool, overrides: Overrides, progress,
+                   extra: dict) -> Calibration:
+    """Ranges of the plan's tensors by `method` (overrides applied), the tensors to keep float
+    (user's, plus those whose range a few extreme values set), and the report entry; `extra`
+    adds to it (its "seconds" are added to the calibration's own)."""
+    start = time.perf_counter()
+    ranges, calib = calibrate_ranges(work, plan, feeds, replace(opts, method=method), symmetric, progress)
+    ranges.update(overrides.ranges)
+    float_tensors = overrides.float_tensors | (frozenset(calib.get("extreme", {})) - set(overrides.ranges))
+    calib.update(seconds=round(time.perf_counter() - start + extra.pop("seconds", 0.0), 3), **extra)
+    return Calibration(ranges, calib, float_tensors)
 
 
 def calibrate_ranges(model, plan, feeds, opts, symmetric: bool = False,

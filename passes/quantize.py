@@ -38,7 +38,7 @@ from graphopt.analyses import Shapes
 from graphopt.lossy import budget_share, effective_budget
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset, register
 from graphopt.passes.quant_apply import apply_plan
-from graphopt.passes.quant_calib import calibrate_ranges, parse_overrides, tensor_sqnr
+from graphopt.passes.quant_calib import calibrate_plan, parse_overrides, tensor_sqnr
 from graphopt.passes.quant_gemm import matmul_bias_to_gemm
 from graphopt.passes.quant_plan import Plan, build_plan, exclusion
 from graphopt.passes.quant_profiles import PROFILES, TensorType, get_profile
@@ -143,7 +143,8 @@ class Quantize(Pass):
         spent = {"seconds": time.perf_counter() - began, "source": origin}
 
         def calibrated(method: str, extra: dict):
-            c = _calibrate(work, plan, feeds, opts, method, profile.activation.symmetric, overrides, ctx, extra)
+            c = calibrate_plan(work, plan, feeds, opts, method, profile.activation.symmetric, overrides,
+                               ctx.progress, extra)
             return c, _builder(work, profile, excluded, c.float_tensors, c.ranges, per_channel, ctx)
 
         start, build, full, precheck, calib = self._latency_first(model, ctx, feeds, calibrated, spent)
@@ -248,25 +249,6 @@ class Quantize(Pass):
         feed = ctx.holdout[0] if ctx.holdout else next(iter(feeds()))
         return choose_fastest(model, best, build, fits, feed, opts.speed_runs, opts.threads,
                               opts.speed_margin, ctx.progress, profile.latency_provider)
-
-
-@dataclass(frozen=True)
-class _Calibration:
-    ranges: dict[str, tuple[float, float]]
-    calib: dict  # the report's calibration entry
-    float_tensors: frozenset[str]  # user overrides plus tensors whose range extreme values set
-
-
-def _calibrate(work: ir.Model, plan: Plan, feeds, opts: QuantizeOptions, method: str, symmetric: bool,
-               overrides, ctx: PassContext, extra: dict) -> _Calibration:
-    from dataclasses import replace
-
-    start = time.perf_counter()
-    ranges, calib = calibrate_ranges(work, plan, feeds, replace(opts, method=method), symmetric, ctx.progress)
-    ranges.update(overrides.ranges)
-    float_tensors = overrides.float_tensors | (frozenset(calib.get("extreme", {})) - set(overrides.ranges))
-    calib.update(seconds=round(time.perf_counter() - start + extra.pop("seconds", 0.0), 3), **extra)
-    return _Calibration(ranges, calib, float_tensors)
 
 
 def _mark_slow_families(best: Candidate, full_plan, reports: list[dict]) -> None:

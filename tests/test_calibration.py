@@ -301,6 +301,27 @@ def test_in_graph_histograms_equal_exposed_ones_and_sentinel_tensors_are_exposed
     assert masked_in_graph["masked"].sentinels > 0 and masked_in_graph["masked"].lo > -100
 
 
+def test_in_graph_histograms_in_chunks_including_empty_trailing_ones_give_the_same_counts(monkeypatch):
+    from graphopt import histogram_graph
+
+    feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))  # 12,000 / 14 / 15,000 elements
+    options = CalibrationOptions(method="percentile", bins=256)
+    whole = calibrate(_model(), ["a", "b"], feeds, options, cache_dir="off")
+    monkeypatch.setattr(histogram_graph, "CHUNK", 1000)  # 15 chunks; the 14-element batch fills one
+    counts = []
+    real = calibration.ingraph.collect_histograms
+
+    def spy(model, names, source, extremes, stats, *rest):
+        real(model, names, source, extremes, stats, *rest)
+        counts.append({n: stats[n].counts.copy() for n in names})
+
+    monkeypatch.setattr(calibration.ingraph, "collect_histograms", spy)
+    assert calibrate(_model(), ["a", "b"], feeds, options, cache_dir="off") == whole
+    monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)
+    exposed = calibration._collect(_model(), ["a", "b"], lambda: iter(feeds), options, None)
+    assert all(np.array_equal(counts[0][n], exposed[n].counts) for n in ("a", "b"))
+
+
 def test_minmax_below_opset_10_is_calibrated_by_exposure(monkeypatch):
     runs = _exposures(monkeypatch)
     old = _model(MODEL.replace('"" : 17', '"" : 9'))

@@ -10,7 +10,8 @@ graphopt with 2048 bins, percentile symmetric like ORT, and its cache off.
 
 Every measurement runs in its own subprocess; seconds are measured inside it (model load +
 calibration, not interpreter start or data loading) and peak RSS is its VmHWM. "net MB" is peak
-RSS minus the RSS after the imports, so graphopt's heavier imports (onnx, onnx_ir) do not count.
+RSS minus the RSS after the imports, so graphopt's heavier imports (onnx, onnx_ir, and the passes
+the CLI loads at start-up, e.g. the opset converter) do not count.
 The float model's ORT session memory (load + one feed, ORT_DISABLE_ALL) is the memory bar's unit.
 Usage: python tools/bench_calibration.py [--models minilm,det,rec] [--repeat N] [--threads N]
 """
@@ -49,6 +50,7 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "peak": {peak}, "base
 """
 GRAPHOPT = CHILD_PRELUDE + """
 from pathlib import Path
+import graphopt.passes  # the CLI imports every pass at start-up; graphopt's base RSS includes them
 from graphopt.io import load_path
 from graphopt.calibration import CalibrationOptions, calibrate
 import graphopt.runtime as runtime

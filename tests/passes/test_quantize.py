@@ -557,10 +557,10 @@ def test_speed_check_leaves_the_model_float_when_int8_is_slower(monkeypatch):
 
 
 def _calibration_methods(monkeypatch) -> list[str]:
-    import graphopt.passes.quantize as quantize_module
+    import graphopt.passes.quant_calib as quant_calib
 
-    methods, real = [], quantize_module.calibrate_ranges
-    monkeypatch.setattr(quantize_module, "calibrate_ranges",
+    methods, real = [], quant_calib.calibrate_ranges
+    monkeypatch.setattr(quant_calib, "calibrate_ranges",
                         lambda model, plan, feeds, opts, *a: methods.append(opts.method) or
                         real(model, plan, feeds, opts, *a))
     return methods
