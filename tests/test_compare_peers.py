@@ -35,3 +35,22 @@ def test_rerunning_one_model_keeps_the_other_sections_in_task_order(tmp_path):
     assert "| 8.00 | 1.25x |" in second  # rec's section, as it was measured
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["minilm.md", "minilm.svg", "rec.md", "rec.svg"]
     assert second.count("Measured ") == 2
+
+
+def test_the_commit_line_ignores_the_tools_own_output_in_docs(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(compare_peers, "ROOT", tmp_path)
+    (tmp_path / "docs" / "results.md").write_text("new results")
+    assert "+ local changes" not in compare_peers.graphopt_commit()
+    (tmp_path / "code.py").write_text("x = 2")
+    assert compare_peers.graphopt_commit().endswith(" + local changes")

@@ -204,12 +204,13 @@ def chart(task: Task, rows: list[Row]) -> str:
 
 
 def graphopt_commit() -> str:
-    """The checkout's commit (and '+ local changes' when dirty), so results name their code."""
+    """The checkout's commit (and '+ local changes' when code is dirty), so results name their
+    code; docs/ is not code (this tool's own output lands there)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return rev + (" + local changes" if dirty else "")
