@@ -4,8 +4,9 @@ Lossy passes need statistics of the tensors inside the graph (quantization range
 second-moment matrix of a layer's input for data-aware SVD, channel norms for pruning).
 `stream_activations` exposes the requested values as extra graph outputs of a copy of the
 model, runs ONNX Runtime (graph optimizations disabled, so every exposed value exists; the
-session borrows the model's weights, graphopt.shared_session, when it can) over the feeds, and hands each batch's arrays to a consumer, which must fold them into running
-statistics: nothing here keeps more than one batch of activations alive.
+session borrows the model's weights, graphopt.shared_session, when it can) over the feeds, and
+hands each batch's arrays to a consumer, which must fold them into running statistics: nothing
+here keeps more than one batch of activations alive.
 
 When the exposed tensors of one run would exceed `max_bytes`, the names are split into
 chunks and the feeds are iterated once per chunk (the feed source is a callable so it can be

@@ -163,12 +163,16 @@ def _collect_in_graph(model, names, exposed, inputs, source, options, say) -> di
     stats = _initial_stats(model, names, options)
     binned = ingraph.clean(exposed, extremes)
     rest = [n for n in exposed if n not in binned]  # NaN/Inf or sentinels: no bin, exposed
-    sub, chunks = plan(model, rest, next(checked_feeds(source, model)), options.max_bytes)
-    raw = rest if sub is None and len(chunks) <= 1 else []  # exposed in the histogram pass if they fit
+    raw = rest if rest and _fits_one_run(model, rest, source, options) else []  # exposed in pass 2
     ingraph.collect_histograms(model, binned, source, extremes, stats, inputs, say, raw)
     if rest and not raw:
         _collect_exposed(model, names, rest, set(), source, options, stats, say)
     return stats
+
+
+def _fits_one_run(model, names, source, options) -> bool:
+    sub, chunks = plan(model, names, next(checked_feeds(source, model)), options.max_bytes)
+    return sub is None and len(chunks) <= 1
 
 
 def _initial_stats(model, names, options) -> dict[str, TensorStats]:

@@ -18,8 +18,6 @@ calibrated. Any ORT refusal raises `Refused`; the caller then calibrates by expo
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
@@ -31,7 +29,6 @@ from graphopt.histogram import SENTINEL, TensorStats, range_exponent
 from graphopt.runtime import return_freed_memory
 
 OPT_LEVEL = "disable_all"  # ORT level of the in-graph passes (every calibrated value must exist)
-log = logging.getLogger("graphopt.calibration")
 
 
 class Refused(Exception):

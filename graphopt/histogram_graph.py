@@ -26,12 +26,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.pass_api import default_opset
+from graphopt.summaries import constant
+
 MIN_OPSET = 16
 CHUNK = 1 << 20  # elements binned per step: the temporaries hold ~3 chunks, not ~3 tensors
 
 
 def supported(model: ir.Model) -> bool:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) >= MIN_OPSET
+    return default_opset(model) >= MIN_OPSET
 
 
 def output_name(name: str) -> str:
@@ -46,18 +49,18 @@ def with_histograms(model: ir.Model, exponents: dict[str, int], bins: int, raw: 
     copy = model.clone()
     graph = copy.graph
     by_name = {v.name: v for node in graph for v in node.outputs}
-    shared = {"offset": _constant(graph, "__graphopt_hist_offset", np.array(bins, np.float32)),
-              "flat": _constant(graph, "__graphopt_hist_flat", np.array([-1], np.int64)),
-              "axis": _constant(graph, "__graphopt_hist_axis", np.array([0], np.int64)),
-              "zeros": _constant(graph, "__graphopt_hist_zeros", np.zeros(2 * bins, np.int32))}
+    shared = {"offset": constant(graph, "__graphopt_hist_offset", np.array(bins, np.float32)),
+              "flat": constant(graph, "__graphopt_hist_flat", np.array([-1], np.int64)),
+              "axis": constant(graph, "__graphopt_hist_axis", np.array([0], np.int64)),
+              "zeros": constant(graph, "__graphopt_hist_zeros", np.zeros(2 * bins, np.int32))}
     graph.outputs.clear()
     for name, exponent in exponents.items():
         x, out = by_name[name], output_name(name)
-        scale = _constant(graph, f"{out}_scale", np.array(2.0 ** -exponent, np.float32))
+        scale = constant(graph, f"{out}_scale", np.array(2.0 ** -exponent, np.float32))
         flat = ir.node("Reshape", [x, shared["flat"]], name=out + "_flat")  # a view in ORT (alias)
         nodes, total = [flat], None
         for k in range(max(1, -(-(largest or {}).get(name, 0) // CHUNK))):
-            bounds = [_constant(graph, f"{out}_{k}_{end}", np.array([(k + end) * CHUNK], np.int64))
+            bounds = [constant(graph, f"{out}_{k}_{end}", np.array([(k + end) * CHUNK], np.int64))
                       for end in (0, 1)]
             piece = ir.node("Slice", [flat.outputs[0], *bounds, shared["axis"]], name=f"{out}_{k}_slice")
             nodes += [piece, *_bin_counts(piece.outputs[0], scale, shared, f"{out}_{k}")]
@@ -86,10 +89,3 @@ def _bin_counts(chunk: ir.Value, scale: ir.Value, shared: dict, prefix: str) -> 
     nodes.append(ir.node("ScatterElements", [shared["zeros"], index, nodes[-1].outputs[0]],
                          {"axis": 0, "reduction": "add"}, name=prefix + "_counts"))
     return nodes
-
-
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.Tensor(array, name=name),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape))
-    graph.register_initializer(value)
-    return value

@@ -32,13 +32,13 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.histogram import OCTAVE_SAMPLE
+from graphopt.pass_api import default_opset
 
 SUFFIXES = ("min", "max", "flag", "size", "sample")
 
 
 def supported(model: ir.Model, values: list[ir.Value]) -> bool:
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-    return opset >= 10 and all(v.dtype in (None, ir.DataType.FLOAT) for v in values)
+    return default_opset(model) >= 10 and all(v.dtype in (None, ir.DataType.FLOAT) for v in values)
 
 
 def output_names(name: str) -> list[str]:
@@ -50,11 +50,11 @@ def with_summaries(model: ir.Model, names: list[str]) -> ir.Model:
     copy = model.clone()
     graph = copy.graph
     by_name = {v.name: v for node in graph for v in node.outputs}
-    minus_one = _constant(graph, "__graphopt_minus_one", np.array([-1], np.int64))
-    zero = _constant(graph, "__graphopt_zero", np.array([0], np.int64))
-    end = _constant(graph, "__graphopt_end", np.array([np.iinfo(np.int64).max], np.int64))
-    per_step = _constant(graph, "__graphopt_per_step", np.array([OCTAVE_SAMPLE], np.int64))
-    one = _constant(graph, "__graphopt_one", np.array([1], np.int64))
+    minus_one = constant(graph, "__graphopt_minus_one", np.array([-1], np.int64))
+    zero = constant(graph, "__graphopt_zero", np.array([0], np.int64))
+    end = constant(graph, "__graphopt_end", np.array([np.iinfo(np.int64).max], np.int64))
+    per_step = constant(graph, "__graphopt_per_step", np.array([OCTAVE_SAMPLE], np.int64))
+    one = constant(graph, "__graphopt_one", np.array([1], np.int64))
     graph.outputs.clear()
     for name in names:
         x = by_name[name]
@@ -81,9 +81,9 @@ def with_summaries(model: ir.Model, names: list[str]) -> ir.Model:
     return copy
 
 
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.Tensor(array, name=name),
-                     type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(array.shape))
+def constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """A new initializer `name` holding `array` (type and shape from the array)."""
+    value = ir.val(name, const_value=ir.tensor(array, name=name))
     graph.register_initializer(value)
     return value
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from graphopt.activations import stream_activations
+from graphopt.calibration import CalibrationOptions, calibrate
 from graphopt.errors import InputError
 from graphopt.passes.quant_plan import constant_array, is_constant
 from graphopt.passes.quant_profiles import FIXED_RANGES
@@ -68,7 +69,8 @@ def calibrate_plan(work, plan, feeds, opts, method: str, symmetric: bool, overri
     ranges, calib = calibrate_ranges(work, plan, feeds, replace(opts, method=method), symmetric, progress)
     ranges.update(overrides.ranges)
     float_tensors = overrides.float_tensors | (frozenset(calib.get("extreme", {})) - set(overrides.ranges))
-    calib.update(seconds=round(time.perf_counter() - start + extra.pop("seconds", 0.0), 3), **extra)
+    spent = time.perf_counter() - start + extra.get("seconds", 0.0)
+    calib.update({**extra, "seconds": round(spent, 3)})
     return Calibration(ranges, calib, float_tensors)
 
 
@@ -84,25 +86,18 @@ def calibrate_ranges(model, plan, feeds, opts, symmetric: bool = False,
     info = {"method": opts.method, "tensors": len(names)}
     if not names:
         return ranges, info
-    try:
-        from graphopt.calibration import CalibrationOptions, calibrate
-    except ImportError:  # the streaming calibrator is not installed: plain min/max
-        found = _minmax(model, names, feeds, opts.calib_max_bytes, progress)
-        info["method"] = "minmax (graphopt.calibration unavailable)"
-    else:
-        options = CalibrationOptions(method=opts.method, percentile=opts.percentile, symmetric=symmetric,
-                                     num_quant_bins=128 if symmetric else 256, max_bytes=opts.calib_max_bytes)
-        # cache_dir: "" = graphopt's default ($GRAPHOPT_CACHE_DIR or ~/.cache/graphopt/calibration),
-        # "off" = no cache (no key is even computed), else that folder
-        found = calibrate(model, names, feeds, options, progress=progress, cache_dir=opts.cache_dir or None)
+    options = CalibrationOptions(method=opts.method, percentile=opts.percentile, symmetric=symmetric,
+                                 num_quant_bins=128 if symmetric else 256, max_bytes=opts.calib_max_bytes)
+    # cache_dir: "" = graphopt's default ($GRAPHOPT_CACHE_DIR or ~/.cache/graphopt/calibration),
+    # "off" = no cache (no key is even computed), else that folder
+    found = calibrate(model, names, feeds, options, progress=progress, cache_dir=opts.cache_dir or None)
     for name in names:
         r = found[name]
-        lo, hi = (r.lo, r.hi) if isinstance(r, tuple) else (r.lo, r.hi)
-        ranges[name] = (float(lo), float(hi))
-        if getattr(r, "nonfinite", 0):
+        ranges[name] = (float(r.lo), float(r.hi))
+        if r.nonfinite:
             info.setdefault("nonfinite_values", {})[name] = int(r.nonfinite)
-        if getattr(r, "sentinels", 0) or (getattr(r, "extreme", False) and opts.method == "minmax"):
-            info.setdefault("extreme", {})[name] = getattr(r, "note", "") or "extreme values"
+        if r.sentinels or (r.extreme and opts.method == "minmax"):
+            info.setdefault("extreme", {})[name] = r.note or "extreme values"
     return ranges, info
 
 
@@ -121,21 +116,6 @@ def _constant_range(array: np.ndarray) -> tuple[float, float]:
     if finite.size == 0:
         return 0.0, 0.0
     return float(finite.min()), float(finite.max())
-
-
-def _minmax(model, names, feeds, max_bytes, progress) -> dict[str, tuple[float, float]]:
-    lo = {n: np.inf for n in names}
-    hi = {n: -np.inf for n in names}
-
-    def consume(_, arrays):
-        for name, array in arrays.items():
-            finite = array[np.isfinite(array)]
-            if finite.size:
-                lo[name] = min(lo[name], float(finite.min()))
-                hi[name] = max(hi[name], float(finite.max()))
-
-    stream_activations(model, names, feeds, consume, max_bytes, progress)
-    return {n: (lo[n] if np.isfinite(lo[n]) else 0.0, hi[n] if np.isfinite(hi[n]) else 0.0) for n in names}
 
 
 def tensor_sqnr(model, candidate, feeds, batches: int, max_bytes: int = 512 * 2**20) -> dict[str, float]:
