@@ -121,16 +121,17 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
     return StreamStats(len(chunks), batches, chunks)
 
 
-def exposed_session(model: ir.Model, opt_level: str = "disable_all", low_memory: bool = False):
+def exposed_session(model: ir.Model, opt_level: str = "disable_all", low_memory: bool = False,
+                    shared_arena: bool = False):
     """A CPU session for a model with exposed outputs: borrowing the weights when possible,
     else from bytes (small models) or a temporary file (large ones)."""
-    session = shared_weight_session(model, opt_level, low_memory=low_memory)
+    session = shared_weight_session(model, opt_level, low_memory=low_memory, shared_arena=shared_arena)
     if session is not None:
         return session
     if in_memory_bytes(model) < FILE_SESSION_MIN_BYTES:
-        return create_session(model, opt_level=opt_level, low_memory=low_memory)
+        return create_session(model, opt_level=opt_level, low_memory=low_memory, shared_arena=shared_arena)
     with model_file(model) as path:
-        return create_session(path, opt_level=opt_level, low_memory=low_memory)
+        return create_session(path, opt_level=opt_level, low_memory=low_memory, shared_arena=shared_arena)
 
 
 def run_exposed(session, chunk: list[str], feeds: FeedSource, consume: Consumer,

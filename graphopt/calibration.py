@@ -42,6 +42,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import calibration_ingraph as ingraph
+from graphopt import calibration_segmented as segmented
 from graphopt.activations import stream_activations
 from graphopt.calibration_plan import checked_feeds, plan, split_feed
 from graphopt.calibration_cache import CACHE_VERSION, cache_folder, hash_model, load_ranges, store_ranges
@@ -51,6 +52,7 @@ from graphopt.histogram import (TensorStats, entropy_threshold, extreme_note, fo
 
 Feed = dict[str, np.ndarray]
 MIN_SPAN = 1e-30
+SEGMENT_BYTES = 32 * 2**20  # wanted bytes per segment run (histogram methods, graphopt.segments)
 log = logging.getLogger("graphopt.calibration")
 
 
@@ -145,6 +147,14 @@ def _collect(model, names, source, options, progress) -> dict[str, TensorStats]:
     say = progress or (lambda message: None)
     inputs = {v.name for v in model.graph.inputs} & set(names)
     exposed = [n for n in names if n not in inputs and n not in model.graph.initializers]
+    if exposed and options.method != "minmax" and segmented.usable(model):
+        stats = _initial_stats(model, names, options)
+        try:
+            segmented.collect(model, exposed, source, stats, inputs, say, options.method,
+                              min(options.max_bytes, SEGMENT_BYTES))
+            return stats
+        except ingraph.Refused as exc:
+            log.debug("segmented calibration not usable (%s); trying the in-graph passes", exc)
     if exposed and ingraph.usable(model, exposed):
         try:
             return _collect_in_graph(model, names, exposed, inputs, source, options, say)

@@ -48,10 +48,8 @@ def split_feed(feed: Feed, sub: int | None) -> Iterator[Feed]:
 
 def plan(model: ir.Model, names: list[str], first: Feed, max_bytes: int) -> tuple[int | None, list[list[str]]]:
     """(sub-batch size or None, chunks of names) keeping one run's exposed bytes under max_bytes."""
-    dims, batch = _symbol_sizes(model, first)
-    fallback = max((a.nbytes for a in first.values()), default=0)
-    by_name = {v.name: v for node in model.graph for v in node.outputs}
-    sizes = {n: _value_bytes(by_name[n], dims, fallback) for n in names}
+    sizes = value_sizes(model, names, first)
+    batch = _symbol_sizes(model, first)[1]
     total = sum(sizes.values())
     sub = None
     if batch and total > max_bytes:
@@ -67,6 +65,14 @@ def plan(model: ir.Model, names: list[str], first: Feed, max_bytes: int) -> tupl
             chunks.append([name])
             used = sizes[name]
     return (sub if sub is not None and sub < batch else None), chunks
+
+
+def value_sizes(model: ir.Model, names: list[str], feed: Feed) -> dict[str, int]:
+    """Estimated bytes of each named node output for this feed (see the module docstring)."""
+    dims = _symbol_sizes(model, feed)[0]
+    fallback = max((a.nbytes for a in feed.values()), default=0)
+    by_name = {v.name: v for node in model.graph for v in node.outputs}
+    return {n: _value_bytes(by_name[n], dims, fallback) for n in names}
 
 
 def _symbol_sizes(model: ir.Model, feed: Feed) -> tuple[dict[str, int], int | None]:

@@ -160,6 +160,7 @@ def test_cache_hit_returns_identical_ranges_without_running_ort(tmp_path, monkey
 
     monkeypatch.setattr(calibration, "stream_activations", no_ort)
     monkeypatch.setattr(calibration.ingraph, "exposed_session", no_ort)
+    monkeypatch.setattr(calibration.segmented, "exposed_session", no_ort)
     again = calibrate(_model(), ["b", "a"], iter(_feeds()), options, cache_dir=tmp_path)
     assert again == first and all(isinstance(r, TensorRange) for r in again.values())
     with pytest.raises(AssertionError, match="ORT ran"):  # other data: a miss
@@ -212,6 +213,7 @@ def test_split_batches_and_chunked_names_give_the_same_ranges(method, monkeypatc
 
     monkeypatch.setattr(calibration, "stream_activations", counting)
     monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)  # exposure planning
+    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", "off")
     model, feeds = _model(), _feeds(shapes=((6, 40), (3, 40)))
     whole = calibrate(model, ["a", "b"], feeds, CalibrationOptions(method=method), cache_dir=None)
@@ -227,7 +229,7 @@ def test_split_batches_and_chunked_names_give_the_same_ranges(method, monkeypatc
     assert whole == split == chunked
 
 
-def test_one_shot_iterator_and_progress_messages():
+def test_one_shot_iterator_and_progress_messages(monkeypatch):
     messages = []
     generator = (feed for feed in _feeds())
     ranges = calibrate(_model(), ["a"], generator, CalibrationOptions(), progress=messages.append)
@@ -236,6 +238,12 @@ def test_one_shot_iterator_and_progress_messages():
     assert messages[-1] == "calibration pass 1/1: batch 3"
     messages.clear()
     calibrate(_model(), ["a"], _feeds(), CalibrationOptions(method="percentile"), progress=messages.append)
+    assert messages[0] == "calibration (percentile): 1 tensors, 1 pass over the data in 1 model segments"
+    assert messages[-1] == "calibration pass 1/1: batch 3"
+    messages.clear()
+    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
+    calibrate(_model(), ["a"], _feeds(), CalibrationOptions(method="percentile"), progress=messages.append,
+              cache_dir="off")
     assert messages[0] == ("calibration (percentile): 1 tensors, 2 passes over the data "
                            "(in-graph summaries, then histograms)")
     assert messages[-1] == "calibration pass 2/2: batch 3"
@@ -281,6 +289,7 @@ def test_minmax_summaries_equal_exposed_tensors_and_rerun_only_nonfinite_batches
 @pytest.mark.parametrize("opset", [12, 17])  # below 16 the histogram pass runs on a raised clone
 def test_in_graph_histograms_equal_exposed_ones_and_sentinel_tensors_are_exposed_in_the_same_pass(
         method, opset, monkeypatch):
+    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
     feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))
     feeds[0]["x"][0, :3] = [0.0, 40.0, -1e-3]  # bin edges and a far value
     masked = [{"scores": f["x"], "mask": np.where(f["x"] > 1.5, -1e31, 0).astype(np.float32)} for f in feeds]
@@ -301,9 +310,39 @@ def test_in_graph_histograms_equal_exposed_ones_and_sentinel_tensors_are_exposed
     assert masked_in_graph["masked"].sentinels > 0 and masked_in_graph["masked"].lo > -100
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+def test_segmented_histograms_equal_in_graph_and_exposed_ones_with_nonfinite_values_and_sentinels(method, monkeypatch):
+    feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))
+    feeds[0]["x"][0, :3] = [0.0, 40.0, -1e-3]
+    masked = [{"scores": f["x"], "mask": np.where(f["x"] > 1.5, -1e31, 0).astype(np.float32)} for f in feeds]
+    feeds[1]["x"][0, 2] = np.inf  # a, b, y non-finite in this batch (y = b + inf·0 = NaN)
+    options = CalibrationOptions(method=method, bins=256)
+    segment_runs = []
+    real = calibration.segmented.segments.SegmentedRun.run
+
+    def counting(self, feed):
+        segment_runs.append(len(self.segments))
+        return real(self, feed)
+
+    monkeypatch.setattr(calibration.segmented.segments.SegmentedRun, "run", counting)
+    monkeypatch.setattr(calibration, "SEGMENT_BYTES", 4 * 3000)  # a segment per tensor or two
+    runs = _exposures(monkeypatch)
+    segmented = calibrate(_model(), ["x", "a", "b", "y"], feeds, options, cache_dir="off")
+    masked_segmented = calibrate(_model(MASKED), ["scores", "masked", "y"], masked, options, cache_dir="off")
+    assert runs == [] and len(segment_runs) == 6 and max(segment_runs) >= 2
+    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
+    assert segmented == calibrate(_model(), ["x", "a", "b", "y"], feeds, options, cache_dir="off")
+    assert masked_segmented == calibrate(_model(MASKED), ["scores", "masked", "y"], masked, options, cache_dir="off")
+    monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)
+    assert segmented == calibrate(_model(), ["x", "a", "b", "y"], feeds, options, cache_dir="off")
+    assert segmented["y"].nonfinite == 1 and segmented["y"].hi < 100
+    assert masked_segmented["masked"].sentinels > 0 and masked_segmented["masked"].lo > -100
+
+
 def test_in_graph_histograms_in_chunks_including_empty_trailing_ones_give_the_same_counts(monkeypatch):
     from graphopt import histogram_graph
 
+    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
     feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))  # 12,000 / 14 / 15,000 elements
     options = CalibrationOptions(method="percentile", bins=256)
     whole = calibrate(_model(), ["a", "b"], feeds, options, cache_dir="off")

@@ -1,0 +1,204 @@
+"""Run a model segment by segment, so that every wanted intermediate tensor reaches Python
+without all of them being alive at once.
+
+Exposing tensors as graph outputs keeps each of them alive until the end of the run, so reading
+more than a memory cap's worth of them used to take one more pass over the data per cap's worth.
+Here the nodes the wanted values depend on, in graph order (a topological order), are cut into
+consecutive segments whose wanted tensors total about `cap` bytes (`cut`: a segment closes once
+its sizes reach the cap). Each segment is a model of its own:
+
+    inputs(k)  = values its nodes read that no node of segment k produces (feed inputs and
+                 values of earlier segments), initializers excepted
+    outputs(k) = its wanted values + its values that a later segment reads
+
+and running one feed is running the segments in order, keeping in a dict only the values a later
+segment still reads (dropped after their last reader). Because the graph order is topological,
+every input of segment k exists when k runs, and every node sees the inputs it sees in the whole
+model, so each value is exactly the one the whole model computes (same kernels, optimizations
+off). Peak memory: the wanted tensors the caller holds, the values crossing the cut, and what ORT
+holds inside one segment. Segment inputs are declared with their dtype only (any shape); values
+the export left untyped (Paddle) take dtypes from `inferred` or ONNX shape inference.
+
+The caller makes the sessions (graphopt.calibration_segmented borrows the weights, shares one ORT
+arena between them and turns thread spinning off). Graphs whose nodes hold subgraphs (If/Loop/
+Scan read outer values implicitly) are not cut: `unsupported` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+from graphopt.analyses import infer_shapes
+from graphopt.errors import InputError
+
+DEFAULT_CAP = 32 * 1024 * 1024  # wanted bytes per segment run
+
+
+@dataclass
+class Segment:
+    model: ir.Model
+    inputs: list[str]
+    outputs: list[str]
+    wanted: list[str]
+
+
+def unsupported(model: ir.Model) -> str:
+    """Why `model` cannot be run in segments ("" when it can)."""
+    for node in model.graph:
+        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+            return f"node {node.name!r} ({node.op_type}) holds a subgraph"
+    return ""
+
+
+def cut(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int = DEFAULT_CAP) -> tuple[int, ...]:
+    """Positions (among the nodes the wanted values depend on, graph order) where segments end:
+    whenever a segment's wanted bytes (`sizes`) reach `cap`, and at the last node."""
+    nodes = _needed(model.graph, set(wanted))
+    ends, used = [], 0
+    for position, node in enumerate(nodes):
+        used += sum(sizes.get(v.name, 0) for v in node.outputs)
+        if used >= cap or position == len(nodes) - 1:
+            ends.append(position + 1)
+            used = 0
+    return tuple(ends)
+
+
+def build(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int = DEFAULT_CAP,
+          dtypes: dict[str, ir.DataType] | None = None) -> list[Segment]:
+    """The segment models computing `wanted` (tensors shared, `model` untouched): only nodes the
+    wanted values depend on, cut as `cut` says. `dtypes` types values the model leaves untyped."""
+    ends = cut(model, wanted, sizes, cap)
+    copy = model.clone()
+    nodes = _needed(copy.graph, set(wanted))
+    group = {node: k for k, (start, end) in enumerate(zip((0, *ends), ends)) for node in nodes[start:end]}
+    readers = _reader_segments(nodes, group)
+    _type_crossing_values(copy, nodes, group, dtypes or {})
+    wanted_set = set(wanted)
+    copy.graph.outputs.clear()  # its values become the segments' outputs
+    copy.graph.remove(list(copy.graph), safe=False)
+    segments = []
+    for k in range(len(ends)):
+        mine = [n for n in nodes if group[n] == k]
+        outputs = [v for n in mine for v in n.outputs
+                   if v.name in wanted_set or any(j > k for j in readers.get(v.name, ()))]
+        segments.append(_segment(copy, mine, outputs, wanted_set))
+    return segments
+
+
+def _needed(graph: ir.Graph, wanted: set[str]) -> list[ir.Node]:
+    """The nodes (graph order) that the wanted values depend on."""
+    needed: set[ir.Node] = set()
+    stack = [v.producer() for node in graph for v in node.outputs if v.name in wanted]
+    while stack:
+        node = stack.pop()
+        if node is None or node in needed:
+            continue
+        needed.add(node)
+        stack.extend(v.producer() for v in node.inputs if v is not None)
+    return [n for n in graph if n in needed]
+
+
+def _type_crossing_values(copy: ir.Model, nodes: list[ir.Node], group: dict[ir.Node, int],
+                          dtypes: dict[str, ir.DataType]) -> None:
+    """A segment's inputs must be typed (ORT refuses untyped graph inputs); exports without
+    value_info (Paddle) take their dtypes from `dtypes`, else from ONNX shape inference."""
+    crossing = [v for n in nodes for v in n.inputs
+                if v is not None and not v.is_initializer() and (v.producer() is None or group.get(v.producer()) != group[n])]
+    for value in crossing:
+        if value.dtype is None and dtypes.get(value.name) is not None:
+            value.dtype = dtypes[value.name]
+    if any(v.dtype is None for v in crossing):
+        infer_shapes(copy, strict=False)
+    untyped = sorted({v.name for v in crossing if v.dtype is None})
+    if untyped:
+        raise InputError(f"segments: no dtype known for {untyped[:3]} (shape inference left them untyped)")
+
+
+def inferred(model: ir.Model, feed: dict[str, np.ndarray]) -> dict[str, tuple[ir.DataType | None, int | None]]:
+    """{value: (dtype, bytes or None)} of every node output, from ONNX shape inference on a clone
+    whose graph inputs have this feed's concrete shapes (so convolution outputs get sizes too)."""
+    clone = model.clone()
+    LiftConstantsToInitializersPass(size_limit=1024)(clone)  # inference then leaves the weights out
+    for value in clone.graph.inputs:
+        if value.name in feed:
+            value.shape = ir.Shape(feed[value.name].shape)
+    infer_shapes(clone, strict=False)
+    result = {}
+    for node in clone.graph:
+        for value in node.outputs:
+            concrete = value.shape is not None and all(isinstance(d, int) for d in value.shape)
+            size = int(np.prod(value.shape.numpy(), dtype=np.int64)) * value.dtype.itemsize \
+                if concrete and value.dtype is not None else None
+            result[value.name] = (value.dtype, size)
+    for name, value in clone.graph.initializers.items():  # the lifted Constant outputs
+        result.setdefault(name, (value.dtype, None))
+    return result
+
+
+def _reader_segments(nodes: list[ir.Node], group: dict[ir.Node, int]) -> dict[str, set[int]]:
+    readers: dict[str, set[int]] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is not None:
+                readers.setdefault(value.name, set()).add(group[node])
+    return readers
+
+
+def _segment(copy: ir.Model, nodes: list[ir.Node], outputs: list[ir.Value], wanted: set[str]) -> Segment:
+    produced = {v for n in nodes for v in n.outputs}
+    stand_ins: dict[str, ir.Value] = {}
+    inputs, initializers = [], []
+    for node in nodes:
+        for index, value in enumerate(node.inputs):
+            if value is None or value in produced:
+                continue
+            if value.name not in stand_ins:
+                initializer = value.is_initializer()  # inputs: dtype only, ORT takes any shape
+                stand_in = ir.Value(name=value.name, type=value.type, shape=value.shape if initializer else None,
+                                    const_value=value.const_value if initializer else None)
+                stand_ins[value.name] = stand_in
+                (initializers if value.is_initializer() else inputs).append(stand_in)
+            node.replace_input_with(index, stand_ins[value.name])
+    graph = ir.Graph(inputs, outputs, nodes=nodes, initializers=initializers,
+                     opset_imports=dict(copy.graph.opset_imports), name="segment")
+    model = ir.Model(graph, ir_version=copy.ir_version, producer_name="graphopt.segments")
+    return Segment(model, [v.name for v in inputs], [v.name for v in outputs],
+                   [v.name for v in outputs if v.name in wanted])
+
+
+class SegmentedRun:
+    """Sessions over the segments; `run(feed)` yields each segment's {wanted name: array}."""
+
+    def __init__(self, segments: list[Segment], session_factory, after_run=None):
+        self.segments, self.after_run = segments, after_run
+        self.sessions = [session_factory(s.model) for s in segments]
+        last: dict[str, int] = {}
+        for k, segment in enumerate(segments):
+            for name in segment.inputs:
+                last[name] = k
+        self.last_reader = last
+
+    def run(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        values = dict(feed)
+        for k, (segment, session) in enumerate(zip(self.segments, self.sessions)):
+            missing = [n for n in segment.inputs if n not in values]
+            if missing:
+                raise InputError(f"segment {k}: no value for {missing[:3]} (a graph input missing from the feed?)")
+            produced = dict(zip(segment.outputs, session.run(segment.outputs, {n: values[n] for n in segment.inputs})))
+            for name in [n for n in values if self.last_reader.get(n, -1) <= k]:
+                del values[name]
+            values.update((n, a) for n, a in produced.items() if self.last_reader.get(n, -1) > k)
+            part = {n: produced[n] for n in segment.wanted}
+            del produced  # while the caller holds the part, the next segment runs: keep nothing else
+            yield part
+            del part
+            if self.after_run is not None:
+                self.after_run()
+
+    def close(self) -> None:
+        self.sessions.clear()

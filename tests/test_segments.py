@@ -1,0 +1,96 @@
+"""A model run segment by segment gives every wanted value exactly as the whole model does."""
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from graphopt import segments
+from graphopt.activations import exposed_session, with_outputs
+from graphopt.errors import InputError
+from tests.conftest import parse
+
+# `h` is read again after `d`: a skip connection that crosses every cut; `w` is a Constant node.
+SKIP = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[N, 8] x) => (float[N, 8] y) {
+    w = Constant <value = float[8, 8] {1,0,0,0,0,0,0,0, 0,1,0,0,0,0,0,0, 0,0,1,0,0,0,0,0, 0,0,0,1,0,0,0,0,
+                                       0,0,0,0,1,0,0,0, 0,0,0,0,0,1,0,0, 0,0,0,0,0,0,1,0, 0,0,0,0,0,0,0,2}> ()
+    h = MatMul(x, w)
+    a = Relu(h)
+    b = Neg(a)
+    c = Sigmoid(b)
+    d = Mul(c, a)
+    e = Add(d, h)
+    unused = Exp(e)
+    y = Tanh(e)
+}
+"""
+
+
+def _model(text=SKIP, untyped=False) -> ir.Model:
+    model = ir.serde.deserialize_model(parse(text))
+    if untyped:  # as Paddle exports come: no value_info for intermediate values
+        for node in model.graph:
+            for value in node.outputs:
+                if not value.is_graph_output():
+                    value.type, value.shape = None, None
+    return model
+
+
+def _run_all(model, wanted, feed, cap):
+    built = segments.build(model, wanted, {n: 4 * 3 * 8 for n in wanted}, cap,
+                           dtypes={v.name: ir.DataType.FLOAT for n in model.graph for v in n.outputs})
+    run = segments.SegmentedRun(built, lambda m: exposed_session(m, "disable_all", low_memory=True))
+    got, counts = {}, []
+    for part in run.run(feed):
+        counts.append(len(part))
+        got.update(part)
+    return built, got, counts
+
+
+@pytest.mark.parametrize("untyped", [False, True])
+@pytest.mark.parametrize("cap", [1, 200, 10**9])  # one value, a few values, everything per segment
+def test_segments_give_the_values_the_whole_model_gives(untyped, cap):
+    model = _model(untyped=untyped)
+    wanted = ["h", "a", "c", "d", "e"]
+    feed = {"x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)}
+    expected = exposed_session(with_outputs(_model(), wanted)).run(wanted, feed)
+    built, got, counts = _run_all(model, wanted, feed, cap)
+    assert sum(counts) == len(wanted) and set(got) == set(wanted)
+    for name, array in zip(wanted, expected):
+        np.testing.assert_array_equal(got[name], array)
+    assert len(built) == {1: 5, 200: 2, 10**9: 1}[cap]
+    ops = [n.op_type for s in built for n in s.model.graph]
+    assert "Exp" not in ops and "Tanh" not in ops  # nodes no wanted value depends on are left out
+    if cap == 1:  # h is computed once and handed on to the segments that read it
+        assert built[0].outputs == ["h"] and ["h" in s.inputs for s in built] == [False, True, False, False, True]
+    assert [n.op_type for n in model.graph][0] == "Constant" and len(model.graph.outputs) == 1  # untouched
+
+
+def test_a_value_with_no_known_dtype_is_refused_with_its_name():
+    model = _model(untyped=True)
+    model.graph.node(0).outputs[0].type = None
+    model.graph.opset_imports["custom"] = 1
+    model.graph.node(1).domain = "custom"  # shape inference cannot type what follows
+    with pytest.raises(InputError, match="no dtype known for"):
+        segments.build(model, ["a", "e"], {"a": 100, "e": 100}, cap=1)
+
+
+def test_subgraphs_are_not_cut_and_the_reason_names_the_node():
+    text = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (bool c, float[2] x) => (float[2] y) {
+        y = If (c) <then_branch = t () => (float[2] o) { o = Relu(x) },
+                    else_branch = f () => (float[2] o) { o = Neg(x) }>
+    }
+    """
+    assert "holds a subgraph" in segments.unsupported(_model(text))
+    assert segments.unsupported(_model()) == ""
+
+
+def test_cut_closes_a_segment_once_its_wanted_bytes_reach_the_cap():
+    model = _model()
+    sizes = {"h": 10, "a": 10, "c": 30, "d": 10, "e": 10}
+    # needed nodes in order: Constant, MatMul(h), Relu(a), Neg, Sigmoid(c), Mul(d), Add(e)
+    assert segments.cut(model, list(sizes), sizes, cap=20) == (3, 5, 7)
+    assert segments.cut(model, list(sizes), sizes, cap=10**6) == (7,)
