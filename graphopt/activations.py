@@ -122,16 +122,16 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
 
 
 def exposed_session(model: ir.Model, opt_level: str = "disable_all", low_memory: bool = False,
-                    shared_arena: bool = False):
+                    many_sessions: bool = False):
     """A CPU session for a model with exposed outputs: borrowing the weights when possible,
     else from bytes (small models) or a temporary file (large ones)."""
-    session = shared_weight_session(model, opt_level, low_memory=low_memory, shared_arena=shared_arena)
+    session = shared_weight_session(model, opt_level, low_memory=low_memory, many_sessions=many_sessions)
     if session is not None:
         return session
     if in_memory_bytes(model) < FILE_SESSION_MIN_BYTES:
-        return create_session(model, opt_level=opt_level, low_memory=low_memory, shared_arena=shared_arena)
+        return create_session(model, opt_level=opt_level, low_memory=low_memory, many_sessions=many_sessions)
     with model_file(model) as path:
-        return create_session(path, opt_level=opt_level, low_memory=low_memory, shared_arena=shared_arena)
+        return create_session(path, opt_level=opt_level, low_memory=low_memory, many_sessions=many_sessions)
 
 
 def run_exposed(session, chunk: list[str], feeds: FeedSource, consume: Consumer,

@@ -52,7 +52,7 @@ from graphopt.histogram import (TensorStats, entropy_threshold, extreme_note, fo
 
 Feed = dict[str, np.ndarray]
 MIN_SPAN = 1e-30
-SEGMENT_BYTES = 32 * 2**20  # wanted bytes per segment run (histogram methods, graphopt.segments)
+SEGMENT_BYTES = 8 * 2**20  # wanted bytes per segment run (histogram methods, graphopt.segments)
 log = logging.getLogger("graphopt.calibration")
 
 

@@ -103,8 +103,8 @@ def _runner(model, names, sizes, cap, dtypes=None) -> segments.SegmentedRun:
 
 
 def _session(model):
-    """A segment's session: low-memory options, ORT's shared arena (graphopt.runtime.register_shared_arena)."""
-    return exposed_session(model, "disable_all", low_memory=True, shared_arena=True)
+    """A segment's session: low-memory options, ORT's shared arena, no spinning (graphopt.runtime)."""
+    return exposed_session(model, "disable_all", low_memory=True, many_sessions=True)
 
 
 def _run(runner, feed, folder, index) -> tuple[dict[str, int], int]:

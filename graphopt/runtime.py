@@ -64,23 +64,23 @@ def resolve_providers(requested: list[str] | None) -> ProviderChoice:
 
 
 def session_options(opt_level: str = "disable_all", threads: int = 0,
-                    low_memory: bool = False, shared_arena: bool = False) -> ort.SessionOptions:
+                    low_memory: bool = False, many_sessions: bool = False) -> ort.SessionOptions:
     """ORT session options. `low_memory` (calibration's in-graph passes): nodes run in the graph's
     own order (ORT's priority-based order, equal priorities) instead of ORT's default topological
     order, and without a memory pattern (which pre-plans one block for every value of a run), so
-    a value is freed after its last consumer, and without spinning threads (with several
-    sessions alive, graphopt.segments, idle spinning pools took the cores from the running one:
-    MiniLM 2.8 s instead of 0.95 s). Measured on PP-OCR det minmax: peak +161 MB and 1.17 s,
-    against +229 MB and 1.80 s with a memory pattern. `shared_arena`: instead of the
-    session's own ORT arena (which keeps the session's peak reserved while the session lives),
-    one arena in ORT's environment for every session that asks for it (`register_shared_arena`)."""
+    a value is freed after its last consumer. Measured on PP-OCR det minmax: peak +161 MB and
+    1.17 s, against +229 MB and 1.80 s with a memory pattern. `many_sessions` (graphopt.segments:
+    sessions that run in turns): threads that do not spin once their work is done (idle spinning
+    pools took the cores from the running session: MiniLM 2.8 s instead of 0.95 s), and one ORT
+    arena shared by all such sessions (`register_shared_arena`) instead of one each."""
     so = ort.SessionOptions()
     if low_memory:
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         so.enable_mem_pattern = False
+    if many_sessions:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if shared_arena and register_shared_arena():
-        so.add_session_config_entry("session.use_env_allocators", "1")
+        if register_shared_arena():
+            so.add_session_config_entry("session.use_env_allocators", "1")
     so.graph_optimization_level = OPT_LEVELS[opt_level]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -124,13 +124,13 @@ def model_file(model: ir.Model) -> Iterator[Path]:
 
 
 def create_session(source: ir.Model | Path, provider: str = "cpu", opt_level: str = "disable_all",
-                   threads: int = 0, low_memory: bool = False, shared_arena: bool = False) -> ort.InferenceSession:
+                   threads: int = 0, low_memory: bool = False, many_sessions: bool = False) -> ort.InferenceSession:
     """Build an InferenceSession; raises InputError with ORT's reason if it refuses the model."""
     full = PROVIDERS[provider]
     providers = [(full, _PROVIDER_OPTIONS.get(full, {}))]
     if full != "CPUExecutionProvider":
         providers.append(("CPUExecutionProvider", {}))
-    so = session_options(opt_level, threads, low_memory, shared_arena)
+    so = session_options(opt_level, threads, low_memory, many_sessions)
     try:
         if isinstance(source, Path):
             return ort.InferenceSession(str(source), so, providers=providers)

@@ -41,7 +41,7 @@ log = logging.getLogger("graphopt.shared_session")
 
 def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threads: int = 0,
                           prepack: bool = False, low_memory: bool = False,
-                          shared_arena: bool = False) -> ort.InferenceSession | None:
+                          many_sessions: bool = False) -> ort.InferenceSession | None:
     """A CPU session over `model` whose large weights are the IR's own numpy buffers (or None)."""
     if not (_borrowable(model) or _has_large_constants(model)):
         return None
@@ -55,7 +55,7 @@ def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threa
             PLACEHOLDER, 0, array.nbytes, ir.DataType.from_numpy(array.dtype),
             shape=ir.Shape(array.shape), name=name)
     proto = ir.serde.serialize_model(declared).SerializeToString()
-    so = runtime.session_options(opt_level, threads, low_memory, shared_arena)
+    so = runtime.session_options(opt_level, threads, low_memory, many_sessions)
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in arrays.items()}

@@ -382,3 +382,16 @@ def test_minilm_mask_tensors_are_flagged(minilm_path):
     flagged = [n for n, r in ranges.items() if r.sentinels]
     assert flagged and all(ranges[n].extreme and ranges[n].lo > -1e4 for n in flagged)
     assert all(np.isfinite([r.lo, r.hi]).all() and r.hi - r.lo > 0 for r in ranges.values())
+
+
+def test_minmax_summaries_do_not_rerun_a_mask_whose_sum_overflows(monkeypatch):
+    feeds = _feeds(shapes=((4, 300), (2, 70)))
+    masked = [{"scores": f["x"], "mask": np.where(f["x"] > 0, np.float32(-3.4e38), 0).astype(np.float32)}
+              for f in feeds]
+    assert np.isinf(np.sum(masked[0]["mask"], dtype=np.float32))  # the flag's sum overflows to -inf
+    runs = _exposures(monkeypatch)
+    ranges = calibrate(_model(MASKED), ["mask", "masked"], masked, CalibrationOptions(), cache_dir="off")
+    assert runs == [] and ranges["masked"].nonfinite == 0 and ranges["masked"].sentinels > 0
+    masked[1]["scores"][0, 0] = np.inf  # now `masked` holds -3.4e38 + inf... and an Inf: exact re-run
+    calibrate(_model(MASKED), ["mask", "masked"], masked, CalibrationOptions(), cache_dir="off")
+    assert runs == [(["masked"], 1)]
