@@ -48,7 +48,10 @@ def collect(model, names, source, stats, inputs, say, method: str, cap: int) -> 
                 say(f"calibration ({method}): {len(names) + len(inputs)} tensors, 1 pass over the data "
                     f"in {len(runner.segments)} model segments")
             measured, largest = _run(runner, feed, folder, i)
-            if i == 0 and largest > 2 * cap:  # sizes were underestimated: cut again
+            if i == 0 and largest > 2 * cap and segments.cut(model, names, measured, cap) != \
+                    segments.cut(model, names, sizes, cap):  # sizes were underestimated: cut again
+                folder.wait()
+                runner = None  # the old sessions go before the new ones come
                 runner = _runner(model, names, measured, cap, dtypes)
             count += 1
             say(f"calibration pass 1/1: batch {count}")

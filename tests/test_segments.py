@@ -94,3 +94,15 @@ def test_cut_closes_a_segment_once_its_wanted_bytes_reach_the_cap():
     # needed nodes in order: Constant, MatMul(h), Relu(a), Neg, Sigmoid(c), Mul(d), Add(e)
     assert segments.cut(model, list(sizes), sizes, cap=20) == (3, 5, 7)
     assert segments.cut(model, list(sizes), sizes, cap=10**6) == (7,)
+
+
+def test_sessions_that_run_in_turns_share_one_arena_and_do_not_spin():
+    from graphopt import runtime
+
+    many = runtime.session_options(low_memory=True, many_sessions=True)
+    assert many.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert many.get_session_config_entry("session.use_env_allocators") == "1"
+    alone = runtime.session_options(low_memory=True)
+    for key in ("session.use_env_allocators", "session.intra_op.allow_spinning"):
+        with pytest.raises(Exception):  # ORT raises for a key that was never set
+            alone.get_session_config_entry(key)
