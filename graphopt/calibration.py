@@ -6,12 +6,17 @@ histogram methods a 2·bins histogram whose range grows by exact power-of-two re
 is O(tensors x bins), independent of the sample count; nothing keeps a batch once it is folded.
 ORT sessions borrow the model's weights (graphopt.shared_session) instead of copying them.
 
-- In the graph (graphopt.calibration_ingraph): minmax is one ORT pass of per-tensor summaries
-  (extremes, a NaN/Inf flag, a strided sample); percentile/entropy/mse add a second pass that
-  bins every element inside the graph at the final range pass 1 found, so only 2·bins counts per
-  tensor leave ORT. Same statistics as exposure (the histogram merge is exact).
+- minmax, in the graph (graphopt.calibration_ingraph): one ORT pass of per-tensor summaries
+  (extremes, a NaN flag, a strided sample); only a few bytes per tensor leave ORT.
+- percentile/entropy/mse, in segments (graphopt.calibration_segmented): one pass over the data
+  with the model cut into segments of about SEGMENT_BYTES of calibrated tensors (graphopt.segments);
+  each segment's tensors are folded into the streaming statistics on a worker thread while ORT
+  runs the next one. Models whose nodes hold subgraphs, or that ORT refuses in segments, use the
+  in-graph route instead: pass 1 the summaries, pass 2 bins every element inside the graph
+  (ScatterElements) at the final range pass 1 found. All routes give the same statistics as
+  exposure (the histogram merge is exact; tests compare them).
 - Exposed (graphopt.activations: the tensors become graph outputs, ORT optimizations off): for
-  tensors with NaN/Inf or mask sentinels in the histogram methods, for models the in-graph
+  tensors with NaN/Inf or mask sentinels on the in-graph histogram route, for models the in-graph
   passes do not support (opset < 10, non-float32 values) and when ORT refuses them (logged at
   debug). Feeds are split into sub-batches or names into chunks so one run's exposed bytes stay
   under `max_bytes` (graphopt.calibration_plan).
