@@ -57,7 +57,8 @@ import graphopt.runtime as runtime
 _session_options = runtime.session_options
 runtime.session_options = lambda *a, **k: _with_threads(_session_options(*a, **k))
 def _with_threads(so):
-    so.intra_op_num_threads = args["threads"]
+    if args["threads"]:  # 0: graphopt's own choice (ORT's default, or its segment sessions' count)
+        so.intra_op_num_threads = args["threads"]
     return so
 base = {peak}
 start = time.perf_counter()
