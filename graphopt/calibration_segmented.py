@@ -8,12 +8,14 @@ segment runs. So percentile/entropy/mse need one forward pass, no in-graph pass 
 range, and bin in numpy (floor(x·2^-e) + B, bincount: ~1.6 ns per element on one core of this
 VM, against ~9 ns for ORT's ScatterElements in graphopt.histogram_graph).
 
-The first feed is cut by estimated sizes (graphopt.calibration_plan: static shapes, symbolic
-dims from the feed); when one segment then gave more than twice `cap`, the segments are rebuilt
-from the sizes that feed really had (a model without shape information, e.g. a Paddle export, is
-estimated from its input size). An overestimate only means more, smaller segments: each costs
-one ORT session and about a millisecond per feed, less than rebuilding them. Any ORT refusal
-raises calibration_ingraph.Refused and the caller falls back.
+The first feed is cut by estimated sizes: the model's own shapes (graphopt.calibration_plan,
+symbolic dims from the feed) or, when it lacks them (Paddle exports), ONNX shape inference at the
+feed's concrete input shapes (`segments.inferred`, which also gives the dtypes segment inputs
+need). If one segment then gave more than twice `cap` and the sizes that feed really had cut
+differently, the segments are rebuilt once. An overestimate only means more, smaller segments:
+each costs one ORT session and about a millisecond per feed, less than rebuilding them. Any ORT
+refusal (building or running a segment, or folding its tensors) raises
+calibration_ingraph.Refused and the caller falls back to the in-graph route.
 """
 
 from __future__ import annotations

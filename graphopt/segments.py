@@ -36,8 +36,6 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from graphopt.analyses import infer_shapes
 from graphopt.errors import InputError
 
-DEFAULT_CAP = 32 * 1024 * 1024  # wanted bytes per segment run
-
 
 @dataclass
 class Segment:
@@ -55,7 +53,7 @@ def unsupported(model: ir.Model) -> str:
     return ""
 
 
-def cut(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int = DEFAULT_CAP) -> tuple[int, ...]:
+def cut(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int) -> tuple[int, ...]:
     """Positions (among the nodes the wanted values depend on, graph order) where segments end:
     whenever a segment's wanted bytes (`sizes`) reach `cap`, and at the last node."""
     nodes = _needed(model.graph, set(wanted))
@@ -68,7 +66,7 @@ def cut(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int = DE
     return tuple(ends)
 
 
-def build(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int = DEFAULT_CAP,
+def build(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int,
           dtypes: dict[str, ir.DataType] | None = None) -> list[Segment]:
     """The segment models computing `wanted` (tensors shared, `model` untouched): only nodes the
     wanted values depend on, cut as `cut` says. `dtypes` types values the model leaves untyped."""
@@ -162,7 +160,7 @@ def _segment(copy: ir.Model, nodes: list[ir.Node], outputs: list[ir.Value], want
                 stand_in = ir.Value(name=value.name, type=value.type, shape=value.shape if initializer else None,
                                     const_value=value.const_value if initializer else None)
                 stand_ins[value.name] = stand_in
-                (initializers if value.is_initializer() else inputs).append(stand_in)
+                (initializers if initializer else inputs).append(stand_in)
             node.replace_input_with(index, stand_ins[value.name])
     graph = ir.Graph(inputs, outputs, nodes=nodes, initializers=initializers,
                      opset_imports=dict(copy.graph.opset_imports), name="segment")
@@ -174,8 +172,8 @@ def _segment(copy: ir.Model, nodes: list[ir.Node], outputs: list[ir.Value], want
 class SegmentedRun:
     """Sessions over the segments; `run(feed)` yields each segment's {wanted name: array}."""
 
-    def __init__(self, segments: list[Segment], session_factory, after_run=None):
-        self.segments, self.after_run = segments, after_run
+    def __init__(self, segments: list[Segment], session_factory):
+        self.segments = segments
         self.sessions = [session_factory(s.model) for s in segments]
         last: dict[str, int] = {}
         for k, segment in enumerate(segments):
@@ -197,8 +195,3 @@ class SegmentedRun:
             del produced  # while the caller holds the part, the next segment runs: keep nothing else
             yield part
             del part
-            if self.after_run is not None:
-                self.after_run()
-
-    def close(self) -> None:
-        self.sessions.clear()
