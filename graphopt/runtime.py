@@ -98,7 +98,7 @@ def register_shared_arena() -> bool:
     """Register, once per process, a CPU arena in ORT's environment (grown by what is asked, not
     by powers of two). Sessions of graphopt.segments share it: with an arena each, K sessions
     kept K peaks (PP-OCR det percentile: 808 MB); without arenas, glibc kept the freed blocks
-    (505 MB); shared, 180 MB. It stays for the life of the process, at its peak: the largest
+    (505 MB); shared, 154–180 MB over several runs. It stays for the life of the process, at its peak: the largest
     working set of one segment run. False if ORT refuses (the sessions then have their own)."""
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     try:

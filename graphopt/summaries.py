@@ -11,12 +11,13 @@ x holds a non-finite value iff flag is NaN or lo/hi is infinite: an Inf is an ex
 makes the sum NaN. The sum may overflow to ±Inf on finite values (the -3.4e38 of attention
 masks): that is not a NaN, so those tensors are not suspected; +Inf and -Inf overflows in one
 sum give NaN, a false alarm that costs an exact re-run, never a missed value. (The flag was
-ReduceSum(x - x) before: a whole-tensor temporary per tensor, 0.1 s of MiniLM's 1.4 s.)
+ReduceSum(x - x) before: a whole-tensor temporary per tensor; MiniLM's summaries pass, 6 batches
+in one process, 1.16 s then, 1.12 s now.)
 
 `sample` is exactly graphopt.histogram's `octave_sample` of the flattened tensor, so the octave
 profile (what flags extreme outliers) is the same as when the tensor itself is exposed, and
-lo/hi are the exact extremes. A batch whose flag is not finite has non-finite values to count:
-the caller re-runs that batch with the tensor exposed. The summary outputs are a few bytes per
+lo/hi are the exact extremes. A batch in which a tensor may hold non-finite values has them to
+count: the caller re-runs that batch with the tensor exposed. The summary outputs are a few bytes per
 tensor whatever the activation size, so one ORT pass covers every tensor at once. The summary
 nodes sit right after each tensor's producer and the session runs nodes in graph order
 (graphopt.runtime's `low_memory`), so each tensor is freed after its summary as it would be
@@ -32,6 +33,7 @@ float32 (or untyped) values; anything else is calibrated by exposure.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import onnx_ir as ir
 
