@@ -69,6 +69,26 @@ def test_segments_give_the_values_the_whole_model_gives(untyped, cap):
     assert [n.op_type for n in model.graph][0] == "Constant" and len(model.graph.outputs) == 1  # untouched
 
 
+def test_a_constant_weight_read_late_is_an_initializer_of_its_reader_not_a_crossing_value():
+    text = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[N, 8] x) => (float[N, 8] y) {
+        w = Constant <value = float[8, 8] {%s}> ()
+        h = Relu(x)
+        a = Neg(h)
+        y = MatMul(a, w)
+    }
+    """ % ", ".join(str(v) for v in range(64))
+    feed = {"x": np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)}
+    wanted = ["h", "a", "y"]
+    expected = exposed_session(with_outputs(_model(text), wanted)).run(wanted, feed)
+    built, got, _ = _run_all(_model(text), wanted, feed, cap=1)
+    assert len(built) == 3 and all("w" not in s.inputs + s.outputs for s in built)
+    assert ["w" in s.model.graph.initializers for s in built] == [False, False, True]
+    for name, array in zip(wanted, expected):
+        np.testing.assert_array_equal(got[name], array)
+
+
 def test_a_value_with_no_known_dtype_is_refused_with_its_name():
     model = _model(untyped=True)
     model.graph.node(0).outputs[0].type = None
@@ -93,9 +113,9 @@ def test_subgraphs_are_not_cut_and_the_reason_names_the_node():
 def test_cut_closes_a_segment_once_its_wanted_bytes_reach_the_cap():
     model = _model()
     sizes = {"h": 10, "a": 10, "c": 30, "d": 10, "e": 10}
-    # needed nodes in order: Constant, MatMul(h), Relu(a), Neg, Sigmoid(c), Mul(d), Add(e)
-    assert segments.cut(model, list(sizes), sizes, cap=20) == (3, 5, 7)
-    assert segments.cut(model, list(sizes), sizes, cap=10**6) == (7,)
+    # needed nodes in order (the Constant is not cut): MatMul(h), Relu(a), Neg, Sigmoid(c), Mul(d), Add(e)
+    assert segments.cut(model, list(sizes), sizes, cap=20) == (2, 4, 6)
+    assert segments.cut(model, list(sizes), sizes, cap=10**6) == (6,)
 
 
 def test_sessions_that_run_in_turns_share_one_arena_and_do_not_spin():
