@@ -47,6 +47,7 @@ BLOCK = 1 << 16  # elements binned per step, so temporaries stay in cache
 OCTAVE_SAMPLE = 1 << 13  # elements per batch in the octave profile
 GAP_OCTAVES = 8  # a jump of 2^8 between value clusters is an extreme outlier
 LEVELS = 255  # quantization steps over the clipping range (8 bits)
+ENTROPY_BLOCK = 128  # entropy candidates evaluated at once
 
 
 def range_exponent(amax: float, bins: int) -> int | None:
@@ -234,16 +235,24 @@ def _quantile(counts: np.ndarray, start: float, width: float, q: float) -> float
 
 
 def entropy_threshold(abs_counts: np.ndarray, width: float, levels: int) -> float:
-    """TensorRT's KL-divergence threshold on an |x| histogram (vectorized over candidates)."""
+    """TensorRT's KL-divergence threshold on an |x| histogram (vectorized over candidates, in
+    blocks of ENTROPY_BLOCK so the (candidates x levels) temporaries stay small)."""
     h = abs_counts.astype(np.float64)
     last = int(np.flatnonzero(h)[-1]) + 1 if h.any() else 0
     if last <= levels:
         return last * width
-    cum = np.concatenate([[0.0], np.cumsum(h)])
-    nonzero = np.concatenate([[0], np.cumsum(h > 0)])
-    hlogh = np.concatenate([[0.0], np.cumsum(_xlogx(h))])
-    total = cum[-1]
+    prefix = (np.concatenate([[0.0], np.cumsum(h)]), np.concatenate([[0], np.cumsum(h > 0)]),
+              np.concatenate([[0.0], np.cumsum(_xlogx(h))]))
     cand = np.arange(levels, last + 1)
+    kl = np.concatenate([_kl_divergences(h, prefix, cand[i:i + ENTROPY_BLOCK], levels)
+                         for i in range(0, len(cand), ENTROPY_BLOCK)])
+    return float(cand[int(np.argmin(kl))] * width)
+
+
+def _kl_divergences(h: np.ndarray, prefix: tuple, cand: np.ndarray, levels: int) -> np.ndarray:
+    """KL(P||Q) of each candidate threshold in `cand` (module docstring's formula)."""
+    cum, nonzero, hlogh = prefix
+    total = cum[-1]
     group = (cand // levels)[:, None]
     edges = np.minimum(np.arange(levels + 1)[None, :] * group, cand[:, None])
     edges[:, -1] = cand
@@ -260,7 +269,7 @@ def entropy_threshold(abs_counts: np.ndarray, width: float, levels: int) -> floa
         p_log_p = hlogh[cand - 1] + _xlogx(last_bin + outliers)
         kl = (p_log_p - cross - _xlogx(total) + total * np.log(cum[cand])) / total
     kl[(sums[:, -1] == 0) & (outliers > 0)] = np.inf
-    return float(cand[int(np.argmin(kl))] * width)
+    return kl
 
 
 def _xlogx(x):
