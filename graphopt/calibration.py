@@ -11,15 +11,12 @@ ORT sessions borrow the model's weights (graphopt.shared_session) instead of cop
 - percentile/entropy/mse, in segments (graphopt.calibration_segmented): one pass over the data
   with the model cut into segments of about SEGMENT_BYTES of calibrated tensors (graphopt.segments);
   each segment's tensors are folded into the streaming statistics on a worker thread while ORT
-  runs the next one. Models whose nodes hold subgraphs, or that ORT refuses in segments, use the
-  in-graph route instead: pass 1 the summaries, pass 2 bins every element inside the graph
-  (ScatterElements) at the final range pass 1 found. All routes give the same statistics as
-  exposure (the histogram merge is exact; tests compare them).
+  runs the next one. Both routes give the same statistics as exposure (the histogram merge is
+  exact; tests compare them).
 - Exposed (graphopt.activations: the tensors become graph outputs, ORT optimizations off): for
-  tensors with NaN/Inf or mask sentinels on the in-graph histogram route, for models the in-graph
-  passes do not support (opset < 10, non-float32 values) and when ORT refuses them (logged at
-  debug). Feeds are split into sub-batches or names into chunks so one run's exposed bytes stay
-  under `max_bytes` (graphopt.calibration_plan).
+  models the summaries do not support (opset < 10, non-float32 values) and when ORT refuses the
+  summaries or a segment (logged at debug). Feeds are split into sub-batches or names into chunks
+  so one run's exposed bytes stay under `max_bytes` (graphopt.calibration_plan).
 
 Ranges: `lo <= 0 <= hi` always (QDQ represents 0 exactly), clamped to the observed extremes; a
 zero-width range (constant 0, or no finite value) becomes a unit range so a scale is never 0.
@@ -147,47 +144,27 @@ def _check_names(model: ir.Model, names: list[str]) -> None:
 
 
 def _collect(model, names, source, options, progress) -> dict[str, TensorStats]:
-    """In-graph passes when the model allows them (graphopt.calibration_ingraph), exposure for
-    the tensors they leave and as the fallback when ORT refuses them."""
+    """minmax by in-graph summaries, the histogram methods in segments; exposure for the models
+    the summaries do not support and as the fallback when ORT refuses either route."""
     say = progress or (lambda message: None)
     inputs = {v.name for v in model.graph.inputs} & set(names)
     exposed = [n for n in names if n not in inputs and n not in model.graph.initializers]
-    if exposed and options.method != "minmax" and segmented.usable(model):
-        stats = _initial_stats(model, names, options)
-        try:
+    try:
+        if exposed and options.method != "minmax":
+            stats = _initial_stats(model, names, options)
             segmented.collect(model, exposed, source, stats, inputs, say, options.method,
                               min(options.max_bytes, SEGMENT_BYTES))
             return stats
-        except ingraph.Refused as exc:
-            log.debug("segmented calibration not usable (%s); trying the in-graph passes", exc)
-    if exposed and ingraph.usable(model, exposed):
-        try:
-            return _collect_in_graph(model, names, exposed, inputs, source, options, say)
-        except ingraph.Refused as exc:
-            log.debug("in-graph calibration not usable (%s); exposing the tensors instead", exc)
-    stats = _initial_stats(model, names, options)
+        if exposed and ingraph.usable(model, exposed):
+            stats = _initial_stats(model, names, options)
+            ingraph.collect_summaries(model, exposed, source, stats, inputs, say)
+            return stats
+    except ingraph.Refused as exc:
+        log.debug("calibration: ORT refused the %s route (%s); exposing the tensors instead",
+                  "segmented" if options.method != "minmax" else "in-graph", exc)
+    stats = _initial_stats(model, names, options)  # nothing half-folded is kept
     _collect_exposed(model, names, exposed, inputs, source, options, stats, say)
     return stats
-
-
-def _collect_in_graph(model, names, exposed, inputs, source, options, say) -> dict[str, TensorStats]:
-    extremes = _initial_stats(model, names, replace(options, method="minmax"))
-    ingraph.collect_summaries(model, exposed, source, extremes, inputs, say, options.method)
-    if options.method == "minmax":
-        return extremes
-    stats = _initial_stats(model, names, options)
-    binned = ingraph.clean(exposed, extremes)
-    rest = [n for n in exposed if n not in binned]  # NaN/Inf or sentinels: no bin, exposed
-    raw = rest if rest and _fits_one_run(model, rest, source, options) else []  # exposed in pass 2
-    ingraph.collect_histograms(model, binned, source, extremes, stats, inputs, say, raw)
-    if rest and not raw:
-        _collect_exposed(model, names, rest, set(), source, options, stats, say)
-    return stats
-
-
-def _fits_one_run(model, names, source, options) -> bool:
-    sub, chunks = plan(model, names, next(checked_feeds(source, model)), options.max_bytes)
-    return sub is None and len(chunks) <= 1
 
 
 def _initial_stats(model, names, options) -> dict[str, TensorStats]:

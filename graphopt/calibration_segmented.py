@@ -6,7 +6,7 @@ TensorStats with `update` (exact extremes, NaN/Inf and sentinel counts, and the 
 histogram whose range growth re-bins exactly, graphopt.histogram) and dropped before the next
 segment runs. So percentile/entropy/mse need one forward pass, no in-graph pass 1 for the final
 range, and bin in numpy (floor(x·2^-e) + B, bincount: ~1.6 ns per element on one core of this
-VM, against ~9 ns for ORT's ScatterElements in graphopt.histogram_graph).
+VM; ORT's ScatterElements, which an earlier in-graph histogram pass used, took ~9 ns).
 
 The first feed is cut by estimated sizes: the model's own shapes (graphopt.calibration_plan,
 symbolic dims from the feed) or, when it lacks them (Paddle exports), ONNX shape inference at the
@@ -16,7 +16,7 @@ differently, the segments are rebuilt once. An overestimate only means more, sma
 (det: 40 instead of 17), each one more ORT session to build and one more run per feed, which
 cost less than rebuilding them (0.29 s on det). Any ORT
 refusal (building or running a segment, or folding its tensors) raises
-calibration_ingraph.Refused and the caller falls back to the in-graph route.
+calibration_ingraph.Refused and the caller falls back to exposure.
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ from graphopt.calibration_ingraph import Refused
 from graphopt.calibration_plan import checked_feeds, value_sizes
 from graphopt.errors import InputError
 from graphopt.runtime import return_freed_memory
-
-
-def usable(model) -> bool:
-    return not segments.unsupported(model)
 
 
 def collect(model, names, source, stats, inputs, say, method: str, cap: int) -> None:

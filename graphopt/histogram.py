@@ -102,7 +102,6 @@ class TensorStats:
         self.bins = bins
         self.min, self.max = math.inf, -math.inf
         self.nonfinite = self.sentinels = self.samples = 0
-        self.largest = 0  # most elements in one batch
         self.octaves = np.zeros(256, dtype=np.int64)
         self.exponent: int | None = None
         self.counts = np.zeros(2 * bins, dtype=np.int64) if histogram else None
@@ -111,7 +110,6 @@ class TensorStats:
         x = np.asarray(array).reshape(-1)
         x = x if x.dtype == np.float32 else x.astype(np.float32)
         self.samples += x.size
-        self.largest = max(self.largest, x.size)
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
@@ -133,28 +131,12 @@ class TensorStats:
         if self.counts is not None:
             self._add_to_histogram(x, max(-lo, hi))
 
-    @classmethod
-    def from_extremes(cls, extremes: "TensorStats", exponent: int | None) -> "TensorStats":
-        """Histogram statistics at a final bin `exponent` (None: all zeros), taking min/max,
-        counts of elements and the octave profile from minmax `extremes` of the same data; the
-        caller adds the bin counts (graphopt.histogram_graph). An all-zero tensor is complete."""
-        stats = cls(extremes.bins, histogram=True)
-        stats.min, stats.max, stats.samples = extremes.min, extremes.max, extremes.samples
-        stats.largest = extremes.largest
-        stats.nonfinite, stats.sentinels = extremes.nonfinite, extremes.sentinels
-        stats.octaves = extremes.octaves.copy()
-        stats.exponent = exponent
-        if exponent is None:
-            stats.counts[stats.bins] = extremes.samples
-        return stats
-
     def update_summary(self, lo: float, hi: float, size: int, sample: np.ndarray) -> None:
         """Fold one batch known only by its exact extremes, element count and `octave_sample`
         (graphopt.summaries; every value finite). Statistics equal `update` on the whole tensor,
         except the sentinel count, estimated from the sample. No histogram: minmax only."""
         assert self.counts is None, "histogram statistics need the whole tensor"
         self.samples += size
-        self.largest = max(self.largest, size)
         if size == 0:
             return
         self._fold_extremes(lo, hi, sample)

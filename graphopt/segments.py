@@ -22,9 +22,12 @@ Tensor-valued Constant nodes (Paddle keeps every weight in one) are not cut: the
 initializers of each segment that reads them, so weights never cross a cut as values
 (PP-OCR rec: 225 of 339 segment inputs were Constant outputs, copied out of segment 0 per feed).
 
+A node holding subgraphs (If/Loop/Scan) is cut as one node: the outer values its subgraphs read
+(captures, not among its inputs) count as values it reads, so they are produced by an earlier
+segment or the feed and declared as inputs of its segment like any other.
+
 The caller makes the sessions (graphopt.calibration_segmented borrows the weights, shares one ORT
-arena between them and turns thread spinning off). Graphs whose nodes hold subgraphs (If/Loop/
-Scan read outer values implicitly) are not cut: `unsupported` says why.
+arena between them and turns thread spinning off).
 """
 
 from __future__ import annotations
@@ -46,14 +49,6 @@ class Segment:
     inputs: list[str]
     outputs: list[str]
     wanted: list[str]
-
-
-def unsupported(model: ir.Model) -> str:
-    """Why `model` cannot be run in segments ("" when it can)."""
-    for node in model.graph:
-        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
-            return f"node {node.name!r} ({node.op_type}) holds a subgraph"
-    return ""
 
 
 def cut(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int) -> tuple[int, ...]:
@@ -79,9 +74,10 @@ def build(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int,
     copy.graph.outputs.clear()  # its values become the segments' outputs
     _lift_constants(copy.graph, set(wanted))
     nodes = _needed(copy.graph, set(wanted))
+    reads = {node: _reads(node, copy.graph) for node in nodes}
     group = {node: k for k, (start, end) in enumerate(zip((0, *ends), ends)) for node in nodes[start:end]}
-    readers = _reader_segments(nodes, group)
-    _type_crossing_values(copy, nodes, group, dtypes or {})
+    readers = _reader_segments(reads, group)
+    _type_crossing_values(copy, reads, group, dtypes or {})
     wanted_set = set(wanted)
     copy.graph.remove(list(copy.graph), safe=False)
     segments = []
@@ -89,7 +85,7 @@ def build(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int,
         mine = [n for n in nodes if group[n] == k]
         outputs = [v for n in mine for v in n.outputs
                    if v.name in wanted_set or any(j > k for j in readers.get(v.name, ()))]
-        segments.append(_segment(copy, mine, outputs, wanted_set))
+        segments.append(_segment(copy, mine, {n: reads[n] for n in mine}, outputs, wanted_set))
     return segments
 
 
@@ -102,8 +98,27 @@ def _needed(graph: ir.Graph, wanted: set[str]) -> list[ir.Node]:
         if node is None or node in needed or _liftable(node, wanted):
             continue
         needed.add(node)
-        stack.extend(v.producer() for v in node.inputs if v is not None)
+        stack.extend(v.producer() for v in _reads(node, graph))
     return [n for n in graph if n in needed]
+
+
+def _reads(node: ir.Node, graph: ir.Graph) -> list[ir.Value]:
+    """The values of `graph` that `node` reads: its inputs, then the ones its subgraphs capture."""
+    values = [v for v in node.inputs if v is not None]
+    for inner in _inner_nodes(node):
+        values.extend(v for v in inner.inputs if v is not None and v.graph is graph)
+    return list(dict.fromkeys(values))
+
+
+def _inner_nodes(node: ir.Node) -> list[ir.Node]:
+    """Every node inside `node`'s subgraphs, at any depth."""
+    found = []
+    for attr in node.attributes.values():
+        subgraphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else \
+            list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+        for subgraph in subgraphs:
+            found.extend(ir.traversal.RecursiveGraphIterator(subgraph))
+    return found
 
 
 def _liftable(node: ir.Node, wanted: set[str]) -> bool:
@@ -123,12 +138,12 @@ def _lift_constants(graph: ir.Graph, wanted: set[str]) -> None:
         graph.remove(node, safe=True)
 
 
-def _type_crossing_values(copy: ir.Model, nodes: list[ir.Node], group: dict[ir.Node, int],
+def _type_crossing_values(copy: ir.Model, reads: dict[ir.Node, list[ir.Value]], group: dict[ir.Node, int],
                           dtypes: dict[str, ir.DataType]) -> None:
     """A segment's inputs must be typed (ORT refuses untyped graph inputs); exports without
     value_info (Paddle) take their dtypes from `dtypes`, else from ONNX shape inference."""
-    crossing = [v for n in nodes for v in n.inputs
-                if v is not None and not v.is_initializer() and (v.producer() is None or group.get(v.producer()) != group[n])]
+    crossing = [v for n, values in reads.items() for v in values
+                if not v.is_initializer() and (v.producer() is None or group.get(v.producer()) != group[n])]
     for value in crossing:
         if value.dtype is None and dtypes.get(value.name) is not None:
             value.dtype = dtypes[value.name]
@@ -160,30 +175,33 @@ def inferred(model: ir.Model, feed: dict[str, np.ndarray]) -> dict[str, tuple[ir
     return result
 
 
-def _reader_segments(nodes: list[ir.Node], group: dict[ir.Node, int]) -> dict[str, set[int]]:
+def _reader_segments(reads: dict[ir.Node, list[ir.Value]], group: dict[ir.Node, int]) -> dict[str, set[int]]:
     readers: dict[str, set[int]] = {}
-    for node in nodes:
-        for value in node.inputs:
-            if value is not None:
-                readers.setdefault(value.name, set()).add(group[node])
+    for node, values in reads.items():
+        for value in values:
+            readers.setdefault(value.name, set()).add(group[node])
     return readers
 
 
-def _segment(copy: ir.Model, nodes: list[ir.Node], outputs: list[ir.Value], wanted: set[str]) -> Segment:
+def _segment(copy: ir.Model, nodes: list[ir.Node], reads: dict[ir.Node, list[ir.Value]],
+             outputs: list[ir.Value], wanted: set[str]) -> Segment:
+    """One segment's model: each value its nodes (or their subgraphs) read from outside it is
+    replaced by a stand-in graph input (dtype only, ORT takes any shape) or initializer."""
     produced = {v for n in nodes for v in n.outputs}
-    stand_ins: dict[str, ir.Value] = {}
-    inputs, initializers = [], []
+    users = set(nodes) | {i for n in nodes for i in _inner_nodes(n)}
+    stand_ins: dict[ir.Value, ir.Value] = {}
     for node in nodes:
-        for index, value in enumerate(node.inputs):
-            if value is None or value in produced:
+        for value in reads[node]:
+            if value in produced or value in stand_ins:
                 continue
-            if value.name not in stand_ins:
-                initializer = value.is_initializer()  # inputs: dtype only, ORT takes any shape
-                stand_in = ir.Value(name=value.name, type=value.type, shape=value.shape if initializer else None,
-                                    const_value=value.const_value if initializer else None)
-                stand_ins[value.name] = stand_in
-                (initializers if initializer else inputs).append(stand_in)
-            node.replace_input_with(index, stand_ins[value.name])
+            initializer = value.is_initializer()
+            stand_ins[value] = ir.Value(name=value.name, type=value.type, shape=value.shape if initializer else None,
+                                        const_value=value.const_value if initializer else None)
+            for user, index in value.uses():
+                if user in users:
+                    user.replace_input_with(index, stand_ins[value])
+    inputs = [v for v in stand_ins.values() if v.const_value is None]
+    initializers = [v for v in stand_ins.values() if v.const_value is not None]
     graph = ir.Graph(inputs, outputs, nodes=nodes, initializers=initializers,
                      opset_imports=dict(copy.graph.opset_imports), name="segment")
     model = ir.Model(graph, ir_version=copy.ir_version, producer_name="graphopt.segments")

@@ -213,7 +213,7 @@ def test_split_batches_and_chunked_names_give_the_same_ranges(method, monkeypatc
 
     monkeypatch.setattr(calibration, "stream_activations", counting)
     monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)  # exposure planning
-    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
+    _no_segments(monkeypatch)
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", "off")
     model, feeds = _model(), _feeds(shapes=((6, 40), (3, 40)))
     whole = calibrate(model, ["a", "b"], feeds, CalibrationOptions(method=method), cache_dir=None)
@@ -241,12 +241,19 @@ def test_one_shot_iterator_and_progress_messages(monkeypatch):
     assert messages[0] == "calibration (percentile): 1 tensors, 1 pass over the data in 1 model segments"
     assert messages[-1] == "calibration pass 1/1: batch 3"
     messages.clear()
-    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
+    _no_segments(monkeypatch)
     calibrate(_model(), ["a"], _feeds(), CalibrationOptions(method="percentile"), progress=messages.append,
               cache_dir="off")
-    assert messages[0] == ("calibration (percentile): 1 tensors, 2 passes over the data "
-                           "(in-graph summaries, then histograms)")
-    assert messages[-1] == "calibration pass 2/2: batch 3"
+    assert messages[0] == "calibration (percentile): 1 tensors, 1 pass(es) over the data"  # exposure
+    assert messages[-1] == "calibration pass 1/1: batch 3"
+
+
+def _no_segments(monkeypatch) -> None:
+    """Make the segmented route refuse, as ORT may: the histogram methods then expose tensors."""
+    def refuse(*args, **kwargs):
+        raise calibration.ingraph.Refused("refused for the test")
+
+    monkeypatch.setattr(calibration.segmented, "collect", refuse)
 
 
 def _exposures(monkeypatch) -> list:
@@ -286,32 +293,8 @@ def test_minmax_summaries_equal_exposed_tensors_and_rerun_only_nonfinite_batches
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
-@pytest.mark.parametrize("opset", [12, 17])  # below 16 the histogram pass runs on a raised clone
-def test_in_graph_histograms_equal_exposed_ones_and_sentinel_tensors_are_exposed_in_the_same_pass(
-        method, opset, monkeypatch):
-    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
-    feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))
-    feeds[0]["x"][0, :3] = [0.0, 40.0, -1e-3]  # bin edges and a far value
-    masked = [{"scores": f["x"], "mask": np.where(f["x"] > 1.5, -1e31, 0).astype(np.float32)} for f in feeds]
-    runs = _exposures(monkeypatch)
-    options = CalibrationOptions(method=method, bins=256)
-    model = _model(MODEL.replace('"" : 17', f'"" : {opset}'))
-    names = ["x", "a", "b", "y"]
-    in_graph = calibrate(model, names, feeds, options, cache_dir="off")
-    mask_model = _model(MASKED.replace('"" : 17', f'"" : {opset}'))
-    masked_in_graph = calibrate(mask_model, ["scores", "masked", "y"], masked, options, cache_dir="off")
-    assert runs == []  # `masked` (sentinels: no bin) came out of the histogram pass as a tensor
-    capped = dataclasses.replace(options, max_bytes=4 * 5000)  # too big for one run: its own pass
-    assert calibrate(mask_model, ["scores", "masked", "y"], masked, capped, cache_dir="off") == masked_in_graph
-    assert [names for names, _ in runs] == [["masked"]]
-    monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)
-    assert in_graph == calibrate(model, names, feeds, options, cache_dir="off")
-    assert masked_in_graph == calibrate(mask_model, ["scores", "masked", "y"], masked, options, cache_dir="off")
-    assert masked_in_graph["masked"].sentinels > 0 and masked_in_graph["masked"].lo > -100
-
-
-@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
-def test_segmented_histograms_equal_in_graph_and_exposed_ones_with_nonfinite_values_and_sentinels(method, monkeypatch):
+@pytest.mark.parametrize("opset", [12, 17])
+def test_segmented_histograms_equal_exposed_ones_with_nonfinite_values_and_sentinels(method, opset, monkeypatch):
     feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))
     feeds[0]["x"][0, :3] = [0.0, 40.0, -1e-3]
     masked = [{"scores": f["x"], "mask": np.where(f["x"] > 1.5, -1e31, 0).astype(np.float32)} for f in feeds]
@@ -327,38 +310,40 @@ def test_segmented_histograms_equal_in_graph_and_exposed_ones_with_nonfinite_val
     monkeypatch.setattr(calibration.segmented.segments.SegmentedRun, "run", counting)
     monkeypatch.setattr(calibration, "SEGMENT_BYTES", 4 * 3000)  # a segment per tensor or two
     runs = _exposures(monkeypatch)
-    segmented = calibrate(_model(), ["x", "a", "b", "y"], feeds, options, cache_dir="off")
-    masked_segmented = calibrate(_model(MASKED), ["scores", "masked", "y"], masked, options, cache_dir="off")
+    model = _model(MODEL.replace('"" : 17', f'"" : {opset}'))
+    mask_model = _model(MASKED.replace('"" : 17', f'"" : {opset}'))
+    segmented = calibrate(model, ["x", "a", "b", "y"], feeds, options, cache_dir="off")
+    masked_segmented = calibrate(mask_model, ["scores", "masked", "y"], masked, options, cache_dir="off")
     assert runs == [] and len(segment_runs) == 6 and max(segment_runs) >= 2
-    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
-    assert segmented == calibrate(_model(), ["x", "a", "b", "y"], feeds, options, cache_dir="off")
-    assert masked_segmented == calibrate(_model(MASKED), ["scores", "masked", "y"], masked, options, cache_dir="off")
-    monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)
-    assert segmented == calibrate(_model(), ["x", "a", "b", "y"], feeds, options, cache_dir="off")
+    _no_segments(monkeypatch)
+    assert segmented == calibrate(model, ["x", "a", "b", "y"], feeds, options, cache_dir="off")
+    assert masked_segmented == calibrate(mask_model, ["scores", "masked", "y"], masked, options, cache_dir="off")
+    assert len(runs) == 2  # the same ranges came from exposing the tensors
     assert segmented["y"].nonfinite == 1 and segmented["y"].hi < 100
     assert masked_segmented["masked"].sentinels > 0 and masked_segmented["masked"].lo > -100
 
 
-def test_in_graph_histograms_in_chunks_including_empty_trailing_ones_give_the_same_counts(monkeypatch):
-    from graphopt import histogram_graph
-
-    monkeypatch.setattr(calibration.segmented, "usable", lambda model: False)
-    feeds = _feeds(shapes=((4, 3000), (2, 7), (3, 5000)))  # 12,000 / 14 / 15,000 elements
-    options = CalibrationOptions(method="percentile", bins=256)
-    whole = calibrate(_model(), ["a", "b"], feeds, options, cache_dir="off")
-    monkeypatch.setattr(histogram_graph, "CHUNK", 1000)  # 15 chunks; the 14-element batch fills one
-    counts = []
-    real = calibration.ingraph.collect_histograms
-
-    def spy(model, names, source, extremes, stats, *rest):
-        real(model, names, source, extremes, stats, *rest)
-        counts.append({n: stats[n].counts.copy() for n in names})
-
-    monkeypatch.setattr(calibration.ingraph, "collect_histograms", spy)
-    assert calibrate(_model(), ["a", "b"], feeds, options, cache_dir="off") == whole
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_a_model_with_subgraphs_reading_outer_values_is_calibrated_in_one_pass(method, monkeypatch):
+    text = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[N, S] x, bool c) => (float[N, S] y) {
+        a = Relu(x)
+        b = If (c) <then_branch = t () => (float[N, S] o) { o = Mul(a, x) },
+                    else_branch = f () => (float[N, S] o) { o = Neg(a) }>
+        y = Add(b, a)
+    }
+    """
+    feeds = [{**f, "c": np.array(i % 2 == 0)} for i, f in enumerate(_feeds(shapes=((4, 3000), (2, 7), (3, 5000))))]
+    monkeypatch.setattr(calibration, "SEGMENT_BYTES", 4 * 3000)  # the If reads `a` across a cut
+    runs = _exposures(monkeypatch)
+    options = CalibrationOptions(method=method, bins=256)
+    ranges = calibrate(_model(text), ["a", "b", "y"], feeds, options, cache_dir="off")
+    assert runs == []
+    _no_segments(monkeypatch)
     monkeypatch.setattr(calibration.ingraph, "usable", lambda model, names: False)
-    exposed = calibration._collect(_model(), ["a", "b"], lambda: iter(feeds), options, None)
-    assert all(np.array_equal(counts[0][n], exposed[n].counts) for n in ("a", "b"))
+    assert ranges == calibrate(_model(text), ["a", "b", "y"], feeds, options, cache_dir="off")
+    assert len(runs) == 1
 
 
 def test_minmax_below_opset_10_is_calibrated_by_exposure(monkeypatch):

@@ -98,16 +98,42 @@ def test_a_value_with_no_known_dtype_is_refused_with_its_name():
         segments.build(model, ["a", "e"], {"a": 100, "e": 100}, cap=1)
 
 
-def test_subgraphs_are_not_cut_and_the_reason_names_the_node():
-    text = """
-    <ir_version: 9, opset_import: ["" : 17]>
-    g (bool c, float[2] x) => (float[2] y) {
-        y = If (c) <then_branch = t () => (float[2] o) { o = Relu(x) },
-                    else_branch = f () => (float[2] o) { o = Neg(x) }>
-    }
-    """
-    assert "holds a subgraph" in segments.unsupported(_model(text))
-    assert segments.unsupported(_model()) == ""
+# The If's branches read `h` and `a` from the outer graph without taking them as inputs, and the
+# Loop nested in one branch reads `a` two levels down: cut at every value, they cross the cuts.
+SUBGRAPH = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[N, 8] x, bool c) => (float[N, 8] y) {
+    h = Relu(x)
+    a = Neg(h)
+    z = Sigmoid(x)
+    b = If (c) <then_branch = t () => (float[N, 8] o) { o = Mul(h, a) },
+                else_branch = f () => (float[N, 8] o) {
+                    n = Constant <value_int = 2> ()
+                    go = Constant <value = bool {1}> ()
+                    o = Loop (n, go, h) <body = l (int64 i, bool cond, float[N, 8] acc) => (bool cond_out, float[N, 8] acc_out) {
+                        cond_out = Identity(cond)
+                        acc_out = Add(acc, a)
+                    }>
+                }>
+    y = Add(b, z)
+}
+"""
+
+
+@pytest.mark.parametrize("branch", [True, False])
+def test_values_captured_by_subgraphs_cross_cuts_like_inputs(branch):
+    model = _model(SUBGRAPH)
+    wanted = ["h", "a", "z", "b", "y"]
+    feed = {"x": np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32), "c": np.array(branch)}
+    expected = exposed_session(with_outputs(_model(SUBGRAPH), wanted)).run(wanted, feed)
+    built, got, _ = _run_all(model, wanted, feed, cap=1)
+    assert len(built) == 5
+    holder = next(s for s in built if any(n.op_type == "If" for n in s.model.graph))
+    assert {"h", "a"} <= set(holder.inputs)  # captured, so declared as the segment's inputs
+    for name, array in zip(wanted, expected):
+        np.testing.assert_array_equal(got[name], array)
+    relu = np.maximum(feed["x"], 0)
+    np.testing.assert_allclose(got["b"], relu * -relu if branch else -relu, rtol=1e-6)  # h·a, or h + 2a
 
 
 def test_cut_closes_a_segment_once_its_wanted_bytes_reach_the_cap():
