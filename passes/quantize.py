@@ -141,11 +141,12 @@ class Quantize(Pass):
         if any(s["alpha"] != "none" for s in smoothed.values()):  # placement again, with the X/s nodes
             plan = build_plan(work.graph, profile, excluded, overrides.float_tensors)
         spent = {"seconds": time.perf_counter() - began, "source": origin}
+        weights: dict = {}  # quantized weights, shared by every candidate of every calibration
 
         def calibrated(method: str, extra: dict):
             c = calibrate_plan(work, plan, feeds, opts, method, profile.activation.symmetric, overrides,
                                ctx.progress, extra)
-            return c, _builder(work, profile, excluded, c.float_tensors, c.ranges, per_channel, ctx)
+            return c, _builder(work, profile, excluded, c.float_tensors, c.ranges, per_channel, ctx, weights)
 
         start, build, full, precheck, calib = self._latency_first(model, ctx, feeds, calibrated, spent)
         if start is None:
@@ -186,7 +187,7 @@ class Quantize(Pass):
         final, build = calibrated(method, {"source": spent["source"]})
         calib = {**final.calib, "latency_check": "on minmax summaries (one pass)"}
         full = build(frozenset())
-        return build(start.disabled), build, full, precheck, calib
+        return (build(start.disabled) if start.disabled else full), build, full, precheck, calib
 
     def _float(self, model: ir.Model, ctx: PassContext, speed: dict, fit: dict, calib: dict) -> PassResult:
         reason = f"int8 measured slower than float here ({speed['latency_ms']})"
@@ -261,8 +262,10 @@ def _mark_slow_families(best: Candidate, full_plan, reports: list[dict]) -> None
                                           f"({report['latency_ms']})")
 
 
-def _builder(model: ir.Model, profile, excluded, float_tensors, ranges, per_channel: bool, ctx: PassContext):
-    weights: dict = {}  # quantized weights, shared by every candidate
+def _builder(model: ir.Model, profile, excluded, float_tensors, ranges, per_channel: bool, ctx: PassContext,
+             weights: dict):
+    """build(disabled) -> Candidate; `weights` caches quantized weights (they do not depend on
+    the activation ranges)."""
 
     def build(disabled: frozenset[str]) -> Candidate:
         candidate = model.clone()

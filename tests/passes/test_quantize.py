@@ -584,6 +584,29 @@ def test_latency_precheck_runs_on_minmax_summaries_before_the_histogram_calibrat
     assert methods == ["percentile"]  # no latency check: calibrated once, by the configured method
 
 
+def test_int8_winning_outright_builds_each_candidate_once_and_quantizes_each_weight_once(monkeypatch):
+    import graphopt.passes.quant_apply as quant_apply
+    import graphopt.passes.quantize as quantize_module
+
+    proto = _conv_and_gemm_model()
+    feeds = _feeds(proto, 3, scale=0.5)
+    builds, weights = [], []
+    real_apply, real_weight = quantize_module.apply_plan, quant_apply.weight_params
+    monkeypatch.setattr(quantize_module, "apply_plan", lambda model, plan, *a, **k:
+                        builds.append(len(plan.units)) or real_apply(model, plan, *a, **k))
+    monkeypatch.setattr(quant_apply, "weight_params", lambda weight, *a:
+                        weights.append(weight.shape) or real_weight(weight, *a))
+    _fake_timings(monkeypatch, {"float": 10.0, "int8": 6.0, "no conv": 8.0, "no matmul": 9.0})
+    _, result = quantize(proto, feeds, holdout=feeds[:1], speed_check=True, fallback=False)
+    assert result.stats["speed"]["chosen"] == "int8"
+    full = max(builds)
+    # minmax: the full candidate and the two speed-check variants; percentile: the full one, once
+    assert builds.count(full) == 2 and len(builds) == 4
+    two_calibrations = len(weights)
+    quantize(proto, feeds, holdout=feeds[:1], speed_check=False, fallback=False)  # one calibration
+    assert len(weights) - two_calibrations == two_calibrations > 0  # each weight quantized once per run
+
+
 # --- bad calibration data -----------------------------------------------------------------
 
 def test_nan_and_inf_in_activations_give_finite_scales():
