@@ -112,7 +112,7 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
     chunks = plan_chunks(values, max_bytes) if values else []
     batches = 0
     for ci, chunk in enumerate(chunks):
-        session = exposed_session(with_outputs(model, chunk))
+        session = exposed_session(with_outputs(model, chunk), owned=True)
         try:
             batches = run_exposed(session, chunk, feeds, consume, progress, (ci, len(chunks)))
         finally:
@@ -122,10 +122,12 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
 
 
 def exposed_session(model: ir.Model, opt_level: str = "disable_all", low_memory: bool = False,
-                    many_sessions: bool = False):
+                    many_sessions: bool = False, owned: bool = False):
     """A CPU session for a model with exposed outputs: borrowing the weights when possible,
-    else from bytes (small models) or a temporary file (large ones)."""
-    session = shared_weight_session(model, opt_level, low_memory=low_memory, many_sessions=many_sessions)
+    else from bytes (small models) or a temporary file (large ones). `owned`: `model` is a copy
+    made for this session, which may rewrite it (graphopt.shared_session)."""
+    session = shared_weight_session(model, opt_level, low_memory=low_memory, many_sessions=many_sessions,
+                                    owned=owned)
     if session is not None:
         return session
     if in_memory_bytes(model) < FILE_SESSION_MIN_BYTES:

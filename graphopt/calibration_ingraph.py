@@ -50,7 +50,7 @@ def collect_summaries(model, names, source, stats, inputs, say) -> None:
 def _runs(graph_model, outputs, model, source, inputs, stats):
     """(feed index, output arrays) over the feeds, folding graph inputs into `stats` on the way."""
     try:
-        session = exposed_session(graph_model, OPT_LEVEL, low_memory=True)
+        session = exposed_session(graph_model, OPT_LEVEL, low_memory=True, owned=True)
     except InputError as exc:
         raise Refused(str(exc)) from None
     try:

@@ -106,7 +106,7 @@ def _runner(model, names, sizes, cap, dtypes=None) -> segments.SegmentedRun:
 
 def _session(model):
     """A segment's session: low-memory options, ORT's shared arena, no spinning (graphopt.runtime)."""
-    return exposed_session(model, "disable_all", low_memory=True, many_sessions=True)
+    return exposed_session(model, "disable_all", low_memory=True, many_sessions=True, owned=True)
 
 
 def _run(runner, feed, folder, index) -> tuple[dict[str, int], int]:

@@ -41,20 +41,18 @@ log = logging.getLogger("graphopt.shared_session")
 
 def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threads: int = 0,
                           prepack: bool = False, low_memory: bool = False,
-                          many_sessions: bool = False) -> ort.InferenceSession | None:
-    """A CPU session over `model` whose large weights are the IR's own numpy buffers (or None)."""
-    if not (_borrowable(model) or _has_large_constants(model)):
-        return None
-    declared = model.clone()  # tensors shared; only the clone's initializers are swapped
-    LiftConstantsToInitializersPass(size_limit=BORROW_MIN_BYTES // 4)(declared)
+                          many_sessions: bool = False, owned: bool = False) -> ort.InferenceSession | None:
+    """A CPU session over `model` whose large weights are the IR's own numpy buffers (or None).
+    `model` is left as it was, unless `owned` (a throwaway copy the caller made for this session):
+    then its weight Constants are lifted in place instead of in a clone."""
+    lifting = _has_large_constants(model)
+    declared = model if owned or not lifting else model.clone()  # tensors shared
+    if lifting:
+        LiftConstantsToInitializersPass(size_limit=BORROW_MIN_BYTES // 4)(declared)
     arrays = _borrowable(declared)
     if not arrays:
         return None
-    for name, array in arrays.items():
-        declared.graph.initializers[name].const_value = ir.ExternalTensor(
-            PLACEHOLDER, 0, array.nbytes, ir.DataType.from_numpy(array.dtype),
-            shape=ir.Shape(array.shape), name=name)
-    proto = ir.serde.serialize_model(declared).SerializeToString()
+    proto = _declaring_bytes(declared, arrays)
     so = runtime.session_options(opt_level, threads, low_memory, many_sessions)
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
@@ -71,6 +69,22 @@ def shared_weight_session(model: ir.Model, opt_level: str = "disable_all", threa
             return None
     session.graphopt_borrowed = (arrays, values)  # the buffers must outlive the session
     return session
+
+
+def _declaring_bytes(model: ir.Model, arrays: dict[str, np.ndarray]) -> bytes:
+    """The model serialized with each of `arrays` declared as a placeholder external tensor; the
+    initializers get their own tensors back afterwards (no clone of the graph needed)."""
+    initializers = model.graph.initializers
+    held = {name: initializers[name].const_value for name in arrays}
+    try:
+        for name, array in arrays.items():
+            initializers[name].const_value = ir.ExternalTensor(
+                PLACEHOLDER, 0, array.nbytes, ir.DataType.from_numpy(array.dtype),
+                shape=ir.Shape(array.shape), name=name)
+        return ir.serde.serialize_model(model).SerializeToString()
+    finally:
+        for name, tensor in held.items():
+            initializers[name].const_value = tensor
 
 
 def _has_large_constants(model: ir.Model) -> bool:

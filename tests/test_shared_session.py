@@ -76,3 +76,17 @@ def test_weights_in_constant_nodes_are_borrowed_and_the_model_keeps_its_constant
     assert [n.op_type for n in model.graph] == ["Constant", "MatMul", "Add"]
     feed = {"x": np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)}
     np.testing.assert_array_equal(session.run(None, feed)[0], create_session(model).run(None, feed)[0])
+
+
+def test_an_owned_copy_has_its_weight_constants_lifted_in_place_instead_of_in_a_clone():
+    model = _model()
+    w = model.graph.initializers.pop("w")
+    constant = ir.node("Constant", [], {"value": w.const_value}, name="w_const")
+    model.graph.insert_before(model.graph[0], constant)
+    w.replace_all_uses_with(constant.outputs[0])
+    session = shared_weight_session(model, owned=True)
+    assert [n.op_type for n in model.graph] == ["MatMul", "Add"]  # lifted in the model itself
+    lifted = model.graph.initializers[constant.outputs[0].name].const_value
+    assert lifted is w.const_value and not isinstance(lifted, ir.ExternalTensor)  # its tensor is back
+    feed = {"x": np.eye(64, dtype=np.float32)[:2]}
+    np.testing.assert_array_equal(session.run(None, feed)[0], create_session(model).run(None, feed)[0])

@@ -13,7 +13,9 @@ calibration, not interpreter start or data loading) and peak RSS is its VmHWM. "
 RSS minus the RSS after the imports, so graphopt's heavier imports (onnx, onnx_ir, and the passes
 the CLI loads at start-up, e.g. the opset converter) do not count.
 The float model's ORT session memory (load + one feed, ORT_DISABLE_ALL) is the memory bar's unit.
-Usage: python tools/bench_calibration.py [--models minilm,det,rec] [--repeat N] [--threads N]
+ORT's and graphopt's runs of a cell alternate, so drift of the machine reaches both alike.
+Usage: python tools/bench_calibration.py [--models minilm,det,rec] [--methods minmax,percentile,entropy]
+       [--repeat N] [--median] [--threads N]
 """
 
 from __future__ import annotations
@@ -156,31 +158,46 @@ def prepare(kind: str, tmp: Path) -> tuple[Path, list[str]]:
     return model, files
 
 
-def measure_case(kind: str, tmp: Path, repeat: int, threads: int) -> list[tuple]:
+def measure_case(kind: str, tmp: Path, args) -> list[tuple]:
     model, files = prepare(kind, tmp)
     names = calibration_names(model)
-    base = {"model": str(model), "feeds": files, "threads": threads}
-    session = _best([run_child(SESSION, base) for _ in range(repeat)])
+    base = {"model": str(model), "feeds": files, "threads": args.threads}
+    pick = _median if args.median else _best
+    session = pick([run_child(SESSION, base) for _ in range(args.repeat)])
     rows = [(kind, "ORT float session (load + 1 feed)", session, None)]
-    for method in ("minmax", "percentile", "entropy"):
-        ort_result = _best([run_child(ORT, {**base, "method": method}) for _ in range(repeat)])
+    for method in args.methods.split(","):
         options = {"method": method, "symmetric": method == "percentile"}
-        ours = _best([run_child(GRAPHOPT, {**base, "names": names, "options": options, "cache": None})
-                      for _ in range(repeat)])
+        pairs = [(run_child(ORT, {**base, "method": method}),
+                  run_child(GRAPHOPT, {**base, "names": names, "options": options, "cache": None}))
+                 for _ in range(args.repeat)]  # interleaved
+        ort_result, ours = pick([p[0] for p in pairs]), pick([p[1] for p in pairs])
         rows += [(kind, f"ORT {method}", ort_result, None), (kind, f"graphopt {method}", ours, ort_result)]
-    capped = {"method": "percentile", "symmetric": True, "max_bytes": 64 * 2**20}
-    rows.append((kind, "graphopt percentile, max_bytes=64MiB",
-                 _best([run_child(GRAPHOPT, {**base, "names": names, "options": capped, "cache": None})
-                        for _ in range(repeat)]), None))
-    rows.append((kind, "graphopt percentile, 64MiB, data x4",
-                 run_child(GRAPHOPT, {**base, "names": names, "options": capped, "cache": None, "times": 4}), None))
-    rows.append((kind, "graphopt mse", run_child(GRAPHOPT, {**base, "names": names, "cache": None,
-                                                           "options": {"method": "mse"}}), None))
-    rows.append((kind, "graphopt minmax, cache hit", run_child(GRAPHOPT, {
-        **base, "names": names, "options": {"method": "minmax"}, "cache": str(tmp / f"cache-{kind}"),
-        "calls": 2}), None))
+    if "percentile" in args.methods.split(","):
+        rows += _extra_rows(kind, base, names, tmp, args.repeat, pick)
     print(f"{kind}: {Path(model).name}, {len(files)} feeds, graphopt calibrates {len(names)} tensors", flush=True)
     return rows
+
+
+def _extra_rows(kind: str, base: dict, names: list[str], tmp: Path, repeat: int, pick) -> list[tuple]:
+    capped = {"method": "percentile", "symmetric": True, "max_bytes": 64 * 2**20}
+    return [
+        (kind, "graphopt percentile, max_bytes=64MiB",
+         pick([run_child(GRAPHOPT, {**base, "names": names, "options": capped, "cache": None})
+               for _ in range(repeat)]), None),
+        (kind, "graphopt percentile, 64MiB, data x4",
+         run_child(GRAPHOPT, {**base, "names": names, "options": capped, "cache": None, "times": 4}), None),
+        (kind, "graphopt mse", run_child(GRAPHOPT, {**base, "names": names, "cache": None,
+                                                   "options": {"method": "mse"}}), None),
+        (kind, "graphopt minmax, cache hit", run_child(GRAPHOPT, {
+            **base, "names": names, "options": {"method": "minmax"}, "cache": str(tmp / f"cache-{kind}"),
+            "calls": 2}), None),
+    ]
+
+
+def _median(results: list[dict]) -> dict:
+    """The run with the median seconds (the upper one of an even count); failures if all failed."""
+    good = sorted((r for r in results if "seconds" in r and not r.get("error")), key=lambda r: r["seconds"])
+    return good[len(good) // 2] if good else results[0]
 
 
 def _best(results: list[dict]) -> dict:
@@ -188,8 +205,8 @@ def _best(results: list[dict]) -> dict:
     return min(good, key=lambda r: r["seconds"]) if good else results[0]
 
 
-def print_table(rows: list[tuple], threads: int) -> None:
-    print(f"\nORT intra-op threads: {threads or 'default (all cores)'}; best of the repeats; seconds = load + calibrate")
+def print_table(rows: list[tuple], threads: int, stat: str) -> None:
+    print(f"\nORT intra-op threads: {threads or 'default (all cores)'}; {stat} of the repeats; seconds = load + calibrate")
     print(f"{'model':7} {'calibrator':38} {'seconds':>8} {'x ORT':>6} {'peak MB':>8} {'net MB':>7} {'x sess':>7}  notes")
     sessions = {kind: r for kind, name, r, _ in rows if name.startswith("ORT float")}
     for kind, name, result, ort_result in rows:
@@ -210,14 +227,16 @@ def print_table(rows: list[tuple], threads: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="minilm,det,rec")
+    parser.add_argument("--methods", default="minmax,percentile,entropy")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (the fastest is reported)")
+    parser.add_argument("--median", action="store_true", help="report the median run, not the fastest")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="graphopt-calib-bench-") as tmp:
         for kind in args.models.split(","):
-            rows += measure_case(kind, Path(tmp), args.repeat, args.threads)
-    print_table(rows, args.threads)
+            rows += measure_case(kind, Path(tmp), args)
+    print_table(rows, args.threads, "median" if args.median else "best")
 
 
 if __name__ == "__main__":
