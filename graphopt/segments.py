@@ -71,8 +71,7 @@ def build(model: ir.Model, wanted: list[str], sizes: dict[str, int], cap: int,
     wanted values depend on, cut as `cut` says. `dtypes` types values the model leaves untyped."""
     ends = cut(model, wanted, sizes, cap)
     copy = model.clone()
-    copy.graph.outputs.clear()  # its values become the segments' outputs
-    _lift_constants(copy.graph, set(wanted))
+    _lift_constants(copy, set(wanted))
     nodes = _needed(copy.graph, set(wanted))
     reads = {node: _reads(node, copy.graph) for node in nodes}
     group = {node: k for k, (start, end) in enumerate(zip((0, *ends), ends)) for node in nodes[start:end]}
@@ -122,20 +121,20 @@ def _inner_nodes(node: ir.Node) -> list[ir.Node]:
 
 
 def _liftable(node: ir.Node, wanted: set[str]) -> bool:
-    """A Constant node holding a tensor whose value is not itself wanted."""
-    return (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and set(node.attributes) == {"value"}
-            and node.attributes["value"].type == ir.AttributeType.TENSOR and node.outputs[0].name not in wanted)
+    """A Constant node that LiftConstantsToInitializersPass lifts (one `value` tensor, default
+    domain) and whose value is not itself wanted."""
+    return (node.op_type == "Constant" and node.domain in ("", "onnx.ai") and set(node.attributes) == {"value"}
+            and node.outputs[0].name not in wanted)
 
 
-def _lift_constants(graph: ir.Graph, wanted: set[str]) -> None:
-    """Turn the clone's liftable Constant nodes into initializers (the tensors are shared)."""
-    for node in [n for n in graph if _liftable(n, wanted)]:
-        tensor, output = node.attributes["value"].value, node.outputs[0]
-        initializer = ir.Value(name=output.name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(tensor.shape),
-                               const_value=tensor)
-        graph.register_initializer(initializer)
-        output.replace_all_uses_with(initializer)
-        graph.remove(node, safe=True)
+def _lift_constants(copy: ir.Model, wanted: set[str]) -> None:
+    """onnx_ir's LiftConstantsToInitializersPass on the clone (tensors shared); it leaves graph
+    outputs alone, so wanted Constants are made the only outputs while it runs, then none are
+    (the clone's values become the segments' outputs)."""
+    copy.graph.outputs.clear()
+    copy.graph.outputs.extend(v for n in copy.graph if n.op_type == "Constant" for v in n.outputs if v.name in wanted)
+    LiftConstantsToInitializersPass(size_limit=0)(copy)
+    copy.graph.outputs.clear()
 
 
 def _type_crossing_values(copy: ir.Model, reads: dict[ir.Node, list[ir.Value]], group: dict[ir.Node, int],

@@ -91,7 +91,7 @@ def _declaring_bytes(model: ir.Model, arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _has_large_constants(model: ir.Model) -> bool:
-    """Weights held by main-graph Constant nodes (Paddle and TF exports): the clone lifts them
+    """Weights held by main-graph Constant nodes (Paddle and TF exports): they are lifted
     into initializers so that they are borrowed too (ORT would copy them out of the bytes)."""
     for node in model.graph:
         value = node.attributes.get("value") if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None

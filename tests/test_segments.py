@@ -89,6 +89,16 @@ def test_a_constant_weight_read_late_is_an_initializer_of_its_reader_not_a_cross
         np.testing.assert_array_equal(got[name], array)
 
 
+def test_a_wanted_constant_stays_a_node_whose_value_a_segment_gives():
+    feed = {"x": np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)}
+    wanted = ["w", "h", "e"]
+    expected = exposed_session(with_outputs(_model(), wanted)).run(wanted, feed)
+    built, got, _ = _run_all(_model(), wanted, feed, cap=1)
+    assert "w" in built[0].outputs and all("w" not in s.model.graph.initializers for s in built)
+    for name, array in zip(wanted, expected):
+        np.testing.assert_array_equal(got[name], array)
+
+
 def test_a_value_with_no_known_dtype_is_refused_with_its_name():
     model = _model(untyped=True)
     model.graph.node(0).outputs[0].type = None
