@@ -8,7 +8,8 @@ from graphopt.api import OptimizeResult, optimize
 from graphopt.errors import GraphoptError, InputError, VerificationError
 from graphopt.io import load_model, save_model
 from graphopt.manager import PassManager, RunConfig
-from graphopt.pass_api import Pass, PassContext, PassResult, register, registered_passes
+from graphopt.pass_api import Pass, PassContext, PassResult
+from graphopt.registry import register, registered_passes
 from graphopt.tolerance import Budget, Exact, Lossy, Reassoc
 
 __version__ = "0.1.0"

@@ -95,7 +95,7 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
     verified, and each candidate's lossy passes run on a copy of its result."""
     from graphopt import auto
     from graphopt.lossy import effective_budget
-    from graphopt.pass_api import registered_passes
+    from graphopt.registry import registered_passes
     from graphopt.recipes import RECIPES
     from graphopt.targets import adapt_recipe
 

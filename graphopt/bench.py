@@ -75,10 +75,10 @@ def interleaved_p50(sessions: list, feed: dict[str, np.ndarray], runs: int, bloc
     """Median ms of each session, timed in alternating blocks so machine noise hits all alike.
 
     Each block starts after a short pause (`BLOCK_PAUSE_S`): the worker threads of the session
-    timed just before keep spinning for a while and steal cores. Measured on MiniLM (2 cores,
-    three sessions): without the pause the int8 model's median was 15.6 ms, with it 10.0 ms,
-    the same as when timed alone; the float model's barely moved (18.1 vs 17.4 ms), so without
-    the pause every faster variant looked slower than it is."""
+    timed just before keep spinning for a while and steal cores. Without the pause a fast (int8)
+    model's median came out well above what it gets when timed alone, while the float model's
+    barely moved, so every faster variant looked slower than it is; with the pause it matches
+    its time alone (measured: docs/design-measurements.md)."""
     for session in sessions:
         for _ in range(warmup):
             session.run(None, feed)

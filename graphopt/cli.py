@@ -12,7 +12,7 @@ import logging
 import sys
 import traceback
 
-from graphopt.errors import GraphoptError, InputError
+from graphopt.errors import GraphoptError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -158,11 +158,12 @@ def cmd_bench(args) -> int:
 
 def cmd_passes(args) -> int:
     from graphopt.options import describe_options
-    from graphopt.pass_api import registered_passes
+    from graphopt.registry import registered_passes
     from graphopt.recipes import RECIPES
 
     for name, cls in registered_passes().items():
         print(f"{name}  [{cls.tolerance.kind}]  {cls.summary}")
+        print(f"    module: {cls.__module__}.{cls.__qualname__}")
         for opt, kind, default in describe_options(cls.Options):
             print(f"    {opt}: {kind} = {default}")
     print("\nrecipes:")

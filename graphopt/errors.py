@@ -25,9 +25,3 @@ class VerificationError(GraphoptError):
     """A structural, numeric or budget check failed: exit code 1."""
 
     exit_code = 1
-
-
-class PassFailure(GraphoptError):
-    """A pass raised or produced an invalid model (handled by the manager's on-fail policy)."""
-
-    exit_code = 1

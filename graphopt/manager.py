@@ -53,6 +53,7 @@ class PassRecord:
     verify: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None
     error: str | None = None
+    skipped: str | None = None  # why the pass did not apply (its `requires`); it did not run
 
 
 @dataclass
@@ -115,6 +116,12 @@ class PassManager:
     def _run_one(self, p: Pass, model: ir.Model, verify: bool) -> tuple[ir.Model, PassRecord]:
         """Run `p` on `model` in place; a clone taken first (tensors shared) is the rollback point."""
         record = PassRecord(p.name, p.describe_options())
+        reason = p.requires(model, self.ctx)
+        if reason is not None:
+            self.ctx.no_match(p.name, "model", reason)
+            record.skipped, record.stats = reason, {"skipped": reason}
+            record.size = model_size(model).to_dict()
+            return model, record
         backup, failure, raised, verdict = model.clone(), None, False, None
         fingerprints = (structure_fingerprint(model), types_fingerprint(model))
         start = time.perf_counter()

@@ -1,7 +1,8 @@
 """The pass API: `Pass`, `PassResult`, `PassContext`, and the pass registry.
 
 A pass is a small class with a name, a typed `Options` dataclass, a tolerance class, the
-analyses it preserves, and one `run(model, ctx)`. It edits the IR only through onnx_ir's
+analyses it preserves, `requires(model, ctx)` (why it does not apply, or None) and one
+`run(model, ctx)`. It edits the IR only through onnx_ir's
 safe primitives and creates new tensors under fresh names (never writing into a shared
 buffer), so the manager can roll it back by keeping the pre-pass clone. Logging, timing,
 verification and benchmarking are the manager's job, not the pass's.
@@ -171,33 +172,23 @@ class Pass(abc.ABC):
             raise TypeError("give either an Options instance or keyword options, not both")
         self.options = options if options is not None else build_options(self.name, self.Options, values)
 
+    def requires(self, model: ir.Model, ctx: PassContext) -> str | None:
+        """Why this pass does not apply to `model` (a precondition it lacks: an opset, a target),
+        or None. Cheap and read-only. The manager asks before `run` and reports "skipped: reason"."""
+        return None
+
     @abc.abstractmethod
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         """Rewrite `model` (in place or into a new model) and say whether it changed."""
 
+    def skip_result(self, model: ir.Model, ctx: PassContext) -> PassResult | None:
+        """For `run` called directly: the unchanged model with `requires`' reason, or None."""
+        reason = self.requires(model, ctx)
+        if reason is None:
+            return None
+        ctx.no_match(self.name, "model", reason)
+        return PassResult(model, False, {"skipped": reason})
+
     def describe_options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
 
-
-_REGISTRY: dict[str, type[Pass]] = {}
-
-
-def register(cls: type[Pass]) -> type[Pass]:
-    """Class decorator: make a pass available by name to the CLI and recipes."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"pass name '{cls.name}' registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def registered_passes() -> dict[str, type[Pass]]:
-    import graphopt.passes  # noqa: F401  (registers the pass library)
-
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_pass(name: str) -> type[Pass]:
-    passes = registered_passes()
-    if name not in passes:
-        raise InputError(f"unknown pass '{name}' (known: {', '.join(passes)})")
-    return passes[name]

@@ -16,7 +16,8 @@ else:  # pragma: no cover
 
 from graphopt.errors import InputError
 from graphopt.options import parse_options
-from graphopt.pass_api import Pass, get_pass
+from graphopt.pass_api import Pass
+from graphopt.registry import get_pass
 from graphopt.targets import adapt_recipe, get_target
 
 RECIPES: dict[str, tuple[str, ...]] = {
@@ -30,7 +31,8 @@ RECIPES["modern"] = ("opset:target=20", *RECIPES["lossless"])
 # `int8`: static INT8 (Q/DQ) after the `modern` clean-up, sized to the run's budget. Q/DQ
 # already raises the opset (per-channel DequantizeLinear needs 13), so the int8 recipe takes the
 # opset-20 forms too: HardSwish and Gelu kernels, which keep float islands fast where the
-# speed check leaves a family in float (PP-OCR cls: 1.36 -> 0.74 ms, tools/bench_quantize.py).
+# speed check leaves a family in float (PP-OCR cls runs markedly faster; tools/bench_quantize.py,
+# measured: docs/design-measurements.md).
 RECIPES["int8"] = (*RECIPES["modern"], "quantize")
 # `compress`: structured pruning, low-rank and int8 chained under one budget; each lossy pass may
 # spend its share of what is left (prune a third, svd half of the rest, quantize the remainder).

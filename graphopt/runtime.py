@@ -69,14 +69,14 @@ def session_options(opt_level: str = "disable_all", threads: int = 0,
     """ORT session options. `low_memory` (calibration's in-graph passes): nodes run in the graph's
     own order (ORT's priority-based order, equal priorities) instead of ORT's default topological
     order, and without a memory pattern (which pre-plans one block for every value of a run), so
-    a value is freed after its last consumer. Measured on PP-OCR det minmax: peak +161 MB and
-    1.17 s, against +229 MB and 1.80 s with a memory pattern. `many_sessions` (graphopt.segments:
+    a value is freed after its last consumer; that lowered both the peak and the time of
+    calibration against a memory pattern. `many_sessions` (graphopt.passes.quantize.calibration.segments:
     sessions that run in turns): threads that do not spin once their work is done (idle spinning
-    pools took the cores from the running session: MiniLM 2.8 s instead of 0.95 s), one ORT
+    pools took the cores from the running session and slowed it down), one ORT
     arena shared by all such sessions (`register_shared_arena`) instead of one each, and by
     default all cores but one (at most 4: each session has its own pool), the last one being the
-    statistics thread's (PP-OCR det percentile on 2 cores: 2.55 s and 154 MB with one ORT thread,
-    2.95 s and 158 MB with two)."""
+    statistics thread's (faster, and no more memory, than giving ORT every core).
+    Measured: docs/design-measurements.md."""
     so = ort.SessionOptions()
     if low_memory:
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
@@ -96,10 +96,10 @@ def session_options(opt_level: str = "disable_all", threads: int = 0,
 @functools.lru_cache(maxsize=1)
 def register_shared_arena() -> bool:
     """Register, once per process, a CPU arena in ORT's environment (grown by what is asked, not
-    by powers of two). Sessions of graphopt.segments share it: with an arena each, K sessions
-    kept K peaks (PP-OCR det percentile: 808 MB); without arenas, glibc kept the freed blocks
-    (505 MB); shared, 154–180 MB over several runs. It stays for the life of the process, at its peak: the largest
-    working set of one segment run. False if ORT refuses (the sessions then have their own)."""
+    by powers of two). Sessions of graphopt.passes.quantize.calibration.segments share it: with an arena each, K sessions
+    kept K peaks; without arenas, glibc kept the freed blocks; a shared one keeps far less
+    (measured: docs/design-measurements.md). It stays for the life of the process, at its peak: the
+    largest working set of one segment run. False if ORT refuses (the sessions then have their own)."""
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     try:
         ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
@@ -175,8 +175,8 @@ def return_freed_memory() -> None:
 
     ORT allocates each weight separately; after a session is destroyed glibc keeps those
     pages in its heap (its mmap threshold grows dynamically), so without this the next
-    session would stack on top of the last one's high-water mark. Measured on a 403 MB
-    model: 452 MB of anonymous memory retained after the session was freed, 68 MB after.
+    session would stack on top of the last one's high-water mark; with the trim most of that
+    memory goes back (measured: docs/design-measurements.md).
     """
     trim = _malloc_trim()
     if trim is not None:

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions that borrow the model's weights instead of copying them.
 
 A session built from serialized bytes holds a second copy of every weight (ORT parses the
-protobuf into its own buffers), so calibration on a 90 MB model costs the IR's 90 MB plus ORT's.
+protobuf into its own buffers), so calibration would hold every weight twice: the IR's copy plus ORT's.
 Here each large main-graph initializer held in memory as a numpy array is handed to ORT with
 `SessionOptions.add_initializer(name, OrtValue)`: ORT uses that buffer for the session's lifetime
 and the serialized graph only declares the tensor. The declaration is an external-data entry
@@ -9,19 +9,17 @@ pointing into an *empty* placeholder file, so if ORT ever read a stand-in instea
 buffer it would fail loudly ("out of bounds") rather than compute with wrong weights. Weights held by
 Constant nodes (Paddle and TF exports) are lifted into initializers first (onnx_ir's
 LiftConstantsToInitializersPass; in a clone, or in the model itself when the caller made it for
-this session), so they are borrowed as well: PP-OCR rec minmax calibration, 4 batches of 8
-lines, net peak 143 MB before, 107 MB after (its float session: 87 MB). Otherwise no clone is
-made: the placeholders are swapped in for serialization only (rec's summaries session built in
-0.11–0.14 s instead of 0.22–0.27 s with two clones).
+this session), so they are borrowed as well, which lowers calibration's peak on exports that keep
+their weights in Constants (PP-OCR rec). Otherwise no clone is made: the placeholders are swapped in
+for serialization only, because cloning made building a session markedly slower.
 
 Returns None, and the caller builds an ordinary session, when borrowing does not apply: weights
 already in external data (ORT maps those in place anyway), nothing large enough to borrow, or
 ORT refusing the session (e.g. an optimization level whose rewrites read initializers).
 
 Weight pre-packing (ORT's MLAS copies MatMul/Conv weights into a blocked layout at session
-start) is off unless asked for: it would bring the second copy back. On all-MiniLM-L6-v2 (91 MB),
-batch 8 x 128 tokens, this VM: session +0.6 MB and 165 ms a batch, against +52 MB and 149 ms
-with pre-packing, and +209 MB / 0.43 s to build for an ordinary session from bytes.
+start) is off unless asked for: it would bring the second copy back, and the time per batch it
+saves is small next to the memory it costs (measured: docs/design-measurements.md).
 """
 
 from __future__ import annotations

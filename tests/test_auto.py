@@ -90,7 +90,7 @@ def test_size_goal_turns_the_speed_gates_off():
 def test_a_combination_is_skipped_when_a_part_did_not_pay(monkeypatch):
     """quantize measured slower than float (faked): the other methods and the int8 chain are
     skipped, and the Pareto print says why."""
-    import graphopt.passes.quant_speed as quant_speed
+    import graphopt.passes.quantize.speed as quant_speed
 
     monkeypatch.setattr(quant_speed, "interleaved_p50", lambda sessions, feed, runs: [1.0] + [2.0] * (len(sessions) - 1))
     monkeypatch.setattr(auto, "CANDIDATES", (

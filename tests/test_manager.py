@@ -11,7 +11,8 @@ import models
 from conftest import parse
 from graphopt import optimize
 from graphopt.errors import VerificationError
-from graphopt.pass_api import Pass, PassContext, PassResult, get_pass
+from graphopt.pass_api import Pass, PassContext, PassResult
+from graphopt.registry import get_pass
 from graphopt.tolerance import Lossy, Reassoc
 
 
@@ -232,3 +233,36 @@ def test_models_with_string_outputs_are_compared():
     """)
     result = optimize(proto, passes="cleanup,fold-constants")
     assert result.report["summary"]["passes_rolled_back"] == []
+
+
+class NeedsOpset99(Pass):
+    """Declares a precondition no model meets; its `run` must never be reached through the manager."""
+
+    name = "needs-opset-99"
+
+    def requires(self, model, ctx):
+        return "needs opset 99"
+
+    def run(self, model, ctx):
+        raise AssertionError("run called although requires() refused")
+
+
+def test_a_pass_whose_precondition_fails_is_skipped_with_its_reason():
+    result = optimize(models.mlp(), passes=[NeedsOpset99(), get_pass("cleanup")()])
+    skipped, cleanup = result.report["passes"]
+    assert skipped["skipped"] == "needs opset 99" and skipped["stats"] == {"skipped": "needs opset 99"}
+    assert not skipped["applied"] and not skipped["rolled_back"] and skipped["error"] is None
+    assert cleanup["skipped"] is None
+    assert "needs-opset-99: skipped: needs opset 99" in result.table
+    assert any(line.split()[:2] == ["needs-opset-99", "skipped"] for line in result.table.splitlines())
+
+
+@pytest.mark.parametrize("name, options, model, reason", [
+    ("fuse-gelu", {}, models.mlp, "outside [20"),
+    ("opset", {"target": 7}, models.mlp, "lowering an opset is not supported"),
+])
+def test_builtin_preconditions_are_reported_as_skipped(name, options, model, reason):
+    cls = get_pass(name)
+    assert reason in cls(**options).requires(ir.serde.deserialize_model(model()), PassContext())
+    record = optimize(model(), passes=[cls(**options)]).report["passes"][0]
+    assert reason in record["skipped"] and not record["applied"]

@@ -1,4 +1,4 @@
-"""Calibration benchmark: graphopt.calibration against ONNX Runtime's calibrators.
+"""Calibration benchmark: graphopt's calibrate() (quantize/calibration) against ONNX Runtime's calibrators.
 
 Models and data (all local): all-MiniLM-L6-v2 on 48 real sentences (max_len 128, batches of 8),
 PP-OCR det on rendered document pages (one page per feed) and PP-OCR rec on rendered text lines
@@ -54,7 +54,7 @@ GRAPHOPT = CHILD_PRELUDE + """
 from pathlib import Path
 import graphopt.passes  # the CLI imports every pass at start-up; graphopt's base RSS includes them
 from graphopt.io import load_path
-from graphopt.calibration import CalibrationOptions, calibrate
+from graphopt.passes.quantize.calibration import CalibrationOptions, calibrate
 import graphopt.runtime as runtime
 _session_options = runtime.session_options
 runtime.session_options = lambda *a, **k: _with_threads(_session_options(*a, **k))

@@ -45,7 +45,7 @@ from graphopt.io import load_path  # noqa: E402
 from graphopt.lossy import summarize  # noqa: E402
 from graphopt.metrics import compare_outputs  # noqa: E402
 from graphopt.model_stats import _node_macs  # noqa: E402
-from graphopt.pass_api import registered_passes  # noqa: E402
+from graphopt.registry import registered_passes  # noqa: E402
 from graphopt.runtime import create_session, run_model  # noqa: E402
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass  # noqa: E402
 

@@ -45,7 +45,7 @@ from graphopt.io import load_path  # noqa: E402
 from graphopt.lossy import summarize  # noqa: E402
 from graphopt.metrics import compare_outputs  # noqa: E402
 from graphopt.model_stats import model_stats  # noqa: E402
-from graphopt.pass_api import registered_passes  # noqa: E402
+from graphopt.registry import registered_passes  # noqa: E402
 from graphopt.runtime import create_session, run_model  # noqa: E402
 
 MINILM_LEN = 64  # the 72 sentences are short; 64 tokens hold every one of them

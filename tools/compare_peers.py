@@ -45,7 +45,7 @@ from graphopt.bench import interleaved_p50  # noqa: E402
 from graphopt.recipes import RECIPES  # noqa: E402
 from graphopt.report import cpu_name  # noqa: E402
 from graphopt.runtime import create_session, run_feeds  # noqa: E402
-from graphopt.svg import bars_svg  # noqa: E402
+from graphopt.report.svg import bars_svg  # noqa: E402
 from models.tasks import TASKS, Task, get_task  # noqa: E402
 
 GRAPHOPT = "import sys\nfrom graphopt.cli import main\nsys.exit(main(sys.argv[1:]))"

@@ -11,7 +11,8 @@ import pytest
 
 import models
 from conftest import parse, run_ort
-from graphopt.pass_api import PassContext, get_pass
+from graphopt.pass_api import PassContext
+from graphopt.registry import get_pass
 from graphopt.size import model_size
 
 

@@ -10,13 +10,12 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-import graphopt.passes.normalization
-import graphopt.passes.opset  # noqa: F401  (importing registers the passes)
 import models
 from conftest import parse, run_ort
 from graphopt.data import synthesize_feeds
 from graphopt.errors import InputError
-from graphopt.pass_api import PassContext, get_pass
+from graphopt.pass_api import PassContext
+from graphopt.registry import get_pass
 from graphopt.passes.opset import conversion_steps
 from graphopt.verify import structural_problems
 

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from graphopt import optimize
 from graphopt.data import synthesize_feeds
 from graphopt.errors import GraphoptError
-from graphopt.pass_api import registered_passes
+from graphopt.registry import registered_passes
 from graphopt.recipes import RECIPES, passes_from_recipe, passes_from_spec
 from graphopt.tolerance import Lossy, Reassoc
 

@@ -19,7 +19,7 @@ from hypothesis import given
 
 from graphopt.errors import InputError
 from graphopt.options import build_options
-from graphopt.pass_api import registered_passes
+from graphopt.registry import registered_passes
 from robustness.cases import SweepCase
 from robustness.graphs import SYMBOLIC, feed_for, models
 from robustness.sweep import prepare, sweep_one, sweep_runs

@@ -1,0 +1,52 @@
+"""The pass library. `PASSES` is THE table: every built-in pass name and the class that runs it.
+
+One family per folder (fusion/, prune/, lowrank/, quantize/), single-module passes beside them.
+User passes registered with `graphopt.register` join these in `graphopt.registry`.
+"""
+
+from graphopt.passes.cleanup import (Cleanup, CommonSubexpressions, DedupInitializers, EliminateIdentity,
+                                     InitializersNotInputs, LiftConstants, RemoveUnused, TopologicalSort)
+from graphopt.passes.folding import FoldConstants
+from graphopt.passes.fusion import (FuseActivations, FuseBn, FuseConvAffine, FuseGelu, FuseLayerNorm, FusePadConv,
+                                    FuseRmsNorm, MatmulToGemm, OrtFusions, Simplify)
+from graphopt.passes.lowrank import SvdPass, TuckerPass
+from graphopt.passes.opset import RaiseOpset
+from graphopt.passes.prune import Prune, PruneChannels, PruneNM
+from graphopt.passes.quantize import Quantize
+
+PASSES = {
+    # cleanup.py: exact structural passes
+    "initializers-not-inputs": InitializersNotInputs,
+    "lift-constants": LiftConstants,
+    "remove-unused": RemoveUnused,
+    "dedup-initializers": DedupInitializers,
+    "eliminate-identity": EliminateIdentity,
+    "cse": CommonSubexpressions,
+    "topo-sort": TopologicalSort,
+    "cleanup": Cleanup,
+    # folding.py, opset.py
+    "fold-constants": FoldConstants,
+    "opset": RaiseOpset,
+    # fusion/
+    "simplify": Simplify,
+    "fuse-bn": FuseBn,
+    "fuse-conv-affine": FuseConvAffine,
+    "fuse-pad-conv": FusePadConv,
+    "fuse-activations": FuseActivations,
+    "matmul-to-gemm": MatmulToGemm,
+    "fuse-layernorm": FuseLayerNorm,
+    "fuse-rmsnorm": FuseRmsNorm,
+    "fuse-gelu": FuseGelu,
+    "ort-fusions": OrtFusions,
+    # prune/
+    "prune": Prune,
+    "prune-nm": PruneNM,
+    "prune-channels": PruneChannels,
+    # lowrank/
+    "svd": SvdPass,
+    "tucker": TuckerPass,
+    # quantize/
+    "quantize": Quantize,
+}
+
+__all__ = ["PASSES"]

@@ -1,0 +1,5 @@
+"""Structured channel pruning: dependency groups (groups, dims, ops, shapes), importance, rewrite."""
+
+from graphopt.passes.prune.channels.structured import PruneChannels
+
+__all__ = ["PruneChannels"]

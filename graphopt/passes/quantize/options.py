@@ -1,0 +1,82 @@
+"""The `quantize` pass's options, the target profile they resolve to, and the calibration
+options they give the calibration engine (built here only: method, percentile and the
+histogram settings have one representation, `CalibrationOptions`, validated by it)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from graphopt.passes.quantize.calibration import CalibrationOptions
+from graphopt.passes.quantize.profiles import QuantProfile, TensorType, get_profile
+from graphopt.passes.quantize.ranges import parse_overrides
+
+Method = Literal["minmax", "percentile", "entropy", "mse"]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    profile: Literal["ort-cpu", "tensorrt", "openvino"] = "ort-cpu"
+    method: Method = "percentile"
+    percentile: float = 99.999
+    per_channel: bool = True
+    activation_type: Literal["auto", "uint8", "int8"] = "auto"  # auto: the profile's
+    weight_type: Literal["auto", "int8", "uint8"] = "auto"
+    weight_bits: int = 0  # 0: the profile's (ort-cpu: 7 on AVX2 without VNNI, else 8)
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_ops: tuple[str, ...] = ()
+    exclude_regex: str = ""
+    overrides: tuple[str, ...] = ()  # NAME=float or NAME=LO..HI
+    budget_share: float = 1.0
+    fallback: bool = True  # put sensitive nodes back to float until the budget holds
+    max_fallback: int = 64  # at most this many nodes go back to float
+    smooth: bool = True  # SmoothQuant for MatMul/Gemm inputs with outlier channels (alpha searched)
+    rank: Literal["sqnr", "measured"] = "sqnr"  # fallback order: SQNR proxy, or one measurement per node
+    sqnr_batches: int = 4  # calibration batches the per-tensor SQNR report uses
+    calib_max_bytes: int = 512 * 2**20
+    cache_dir: str = ""  # calibration cache: "" = default folder, "off" = none, else a folder
+    speed_check: bool = True  # ort-cpu/openvino: keep only the op families whose int8 kernels are faster here
+    speed_runs: int = 10
+    speed_margin: float = 0.03  # int8 must be at least this much faster than float to be kept
+    threads: int = 0  # ORT intra-op threads for the speed check (0: ORT's default)
+
+    def calibration(self, symmetric: bool) -> CalibrationOptions:
+        """The calibration engine's options for this run's method, percentile and memory cap;
+        `symmetric`: the activation type's (int8 symmetric: 128 entropy levels, else 256)."""
+        return CalibrationOptions(method=self.method, percentile=self.percentile, symmetric=symmetric,
+                                  num_quant_bins=128 if symmetric else 256, max_bytes=self.calib_max_bytes)
+
+    def validate(self) -> None:
+        if self.calib_max_bytes < 2**20:
+            raise ValueError("calib_max_bytes must be at least 1 MiB")
+        self.calibration(symmetric=False).validate()  # method, percentile (symmetric: valid either way)
+        if self.weight_bits not in (0, 7, 8):
+            raise ValueError(f"weight_bits must be 0 (profile default), 7 or 8, got {self.weight_bits}")
+        if not 0 < self.budget_share <= 1:
+            raise ValueError(f"budget_share must be in (0, 1], got {self.budget_share}")
+        if self.max_fallback < 0 or self.sqnr_batches < 0 or self.threads < 0:
+            raise ValueError("max_fallback, sqnr_batches and threads must be >= 0")
+        if self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
+            raise ValueError("speed_runs must be >= 1 and speed_margin in [0, 1)")
+        if self.exclude_regex:
+            try:
+                re.compile(self.exclude_regex)
+            except re.error as exc:
+                raise ValueError(f"exclude_regex: {exc}") from None
+        parse_overrides(self.overrides)
+
+
+def resolve_profile(options: QuantizeOptions) -> QuantProfile:
+    """The target profile with the options' activation and weight types applied."""
+    profile = get_profile(options.profile)
+    act, weight = profile.activation, profile.weight
+    if options.activation_type != "auto":
+        act = TensorType(options.activation_type, symmetric=options.activation_type == "int8")
+    if options.weight_type != "auto" or options.weight_bits:
+        weight = TensorType(options.weight_type if options.weight_type != "auto" else weight.dtype, True,
+                            options.weight_bits or weight.bits)
+    return replace(profile, activation=act, weight=weight)
+
+
+__all__ = ["Method", "QuantizeOptions", "resolve_profile"]

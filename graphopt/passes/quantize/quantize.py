@@ -1,0 +1,271 @@
+"""`quantize`: static INT8 quantization by Q/DQ insertion, sized to the run's accuracy budget.
+
+The math (qdq.py): x' = (saturate(round(x/s) + z) - z)·s with per-tensor (s, z) for
+activations from calibrated ranges and symmetric per-channel scales for weights; INT32 biases with
+s_b = s_x·s_w. The quantized model computes the same graph with every quantized tensor replaced
+by x', so its error is the propagated sum of those rounding and clipping errors.
+
+Steps, on a clone of the model (raised to opset 13 for per-channel DequantizeLinear):
+1. exact rewrites for the target's kernels: MatMul + bias + Reshape as a 2-D Gemm (gemm.py,
+   ort-cpu), then placement from the target profile (plan.py, profiles.py);
+2. SmoothQuant on MatMul/Gemm inputs with outlier channels, α chosen per input by the layer's
+   quantized output error (smooth.py);
+3. ranges of the tensors to quantize from streaming calibration (calibration/, through ranges.py);
+4. Q/DQ, INT8 weights and INT32 biases written into a candidate (apply.py);
+5. for targets that run here (ort-cpu, openvino), a latency pre-check (speed.py) times the
+   fully quantized model, the same with each op family back in float, and float: integer kernels
+   are not faster everywhere. Ranges barely move latency, so this check runs on ranges from one
+   minmax pass of in-graph summaries; the configured method's histogram calibration (steps 3-4
+   again) is paid only if int8 wins. If no variant beats float, the model stays float and the
+   budget search is skipped (putting nodes back to float cannot make int8 faster); else the
+   fastest variant is the start of
+6. the budget search, measured on the held-out feeds against the input model: if it misses the
+   budget, units (nodes) are ranked by sensitivity and the fewest go back to float until it fits
+   (sensitivity.py); if that changed the model, the speed check runs again on the result.
+The run's shared state (clone, plan, feeds, profile, calibration options, weight cache) is one
+`QuantJob` (job.py); the options and the calibration options they build are in options.py.
+Stats: every node kept float and why, each fallback with its measured effect, the SQNR of each
+quantized tensor and weight (worst first), the smoothing and latency decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+
+import onnx_ir as ir
+
+from graphopt.analyses import Shapes
+from graphopt.lossy import budget_share, effective_budget
+from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
+from graphopt.passes.quantize.gemm import matmul_bias_to_gemm
+from graphopt.passes.quantize.job import Builder, QuantJob
+from graphopt.passes.quantize.options import QuantizeOptions, resolve_profile
+from graphopt.passes.quantize.plan import Plan, exclusion
+from graphopt.passes.quantize.profiles import PROFILES, QuantProfile
+from graphopt.passes.quantize.ranges import parse_overrides, tensor_sqnr
+from graphopt.passes.quantize.sensitivity import Candidate, fit_budget
+from graphopt.passes.quantize.smooth import smooth
+from graphopt.passes.quantize.speed import choose_fastest, dropped_families, family_units
+from graphopt.runtime import resolve_providers
+from graphopt.tolerance import Lossy
+
+NAME = "quantize"
+NOT_SEARCHED = {"measured": False, "reason": "not searched: int8 is slower even fully quantized"}
+
+
+class Quantize(Pass):
+    name = NAME
+    summary = "static INT8 by Q/DQ insertion (profiles: " + ", ".join(PROFILES) + "), sized to the budget"
+    Options = QuantizeOptions
+    tolerance = Lossy()
+
+    def requires(self, model: ir.Model, ctx: PassContext) -> str | None:
+        current = default_opset(model)
+        return f"opset {current} < 10 has no QuantizeLinear/DequantizeLinear" if current < 10 else None
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        if (skipped := self.skip_result(model, ctx)) is not None:
+            return skipped
+        opts, profile = self.options, resolve_profile(self.options)
+        work, opset_note = _prepared(model, ctx, opts, profile)
+        job = QuantJob(model, work, opts, profile, ctx, opts.calibration(profile.activation.symmetric),
+                       per_channel=opts.per_channel and default_opset(work) >= 13,
+                       overrides=parse_overrides(opts.overrides),
+                       excluded=exclusion(opts.exclude_nodes, opts.exclude_ops, opts.exclude_regex),
+                       opset_note=opset_note)
+        job.gemms = matmul_bias_to_gemm(work.graph, ctx.names(work).fresh) if profile.gemm_bias else 0
+        plan = job.place()
+        for key, reason in sorted(plan.skipped.items()):
+            ctx.no_match(self.name, key, reason)
+        if not plan.units:
+            return PassResult(model, False, {"skipped": "nothing to quantize", "kept_float": plan.skipped})
+        _feeds_and_smoothing(job)
+        first = _latency_first(job)
+        if first.candidate is None:
+            return _float(job, first.speed, dict(NOT_SEARCHED), first.calib)
+        return _searched(job, first)
+
+
+@dataclass(frozen=True)
+class LatencyFirst:
+    """What the latency pre-check leaves for the budget search."""
+
+    candidate: Candidate | None  # the fastest variant (the search's start); None: float is fastest
+    build: Builder  # candidates on the final calibration's ranges
+    full: Candidate  # fully quantized, on those ranges
+    speed: dict  # the pre-check's report
+    calib: dict  # the final calibration's report entry
+
+
+def _prepared(model: ir.Model, ctx: PassContext, options: QuantizeOptions,
+              profile: QuantProfile) -> tuple[ir.Model, str]:
+    """A clone to quantize (opset >= 10, `requires`), at opset >= 13 where it can be raised
+    (per-channel DequantizeLinear has `axis` from 13), with every value typed."""
+    current = default_opset(model)
+    work, note = model.clone(), ""
+    if current < profile.min_opset and options.per_channel:
+        from graphopt.passes.opset import RaiseOpset
+
+        try:
+            RaiseOpset(target=profile.min_opset).run(work, ctx)
+            note = f"opset raised {current} -> {profile.min_opset} (per-channel DequantizeLinear needs 13)"
+        except Exception as exc:  # noqa: BLE001  (a converter gap: quantize per tensor instead)
+            work = model.clone()
+            note = f"opset {current} kept (raising it failed: {exc}); weights per tensor, not per channel"
+            ctx.no_match(NAME, "model", note)
+    ctx.analysis(Shapes, work)  # placement needs every value's type
+    return work, note
+
+
+def _feeds_and_smoothing(job: QuantJob) -> None:
+    """The calibration feeds, then SmoothQuant (placement again when it added X/s nodes); the
+    time both took is reported with the first calibration's."""
+    began = time.perf_counter()
+    job.feeds, job.source = job.ctx.calibration_source()
+    opts = job.options
+    if opts.smooth:
+        job.smoothed = smooth(job.work, job.plan, job.feeds, job.ctx.names(job.work).fresh, opts.calib_max_bytes,
+                              job.profile.weight.bits)
+    if any(s["alpha"] != "none" for s in job.smoothed.values()):  # placement again, with the X/s nodes
+        job.place()
+    job.setup_seconds = time.perf_counter() - began
+
+
+def _latency_first(job: QuantJob) -> LatencyFirst:
+    """Latency first: when no family's int8 kernels beat float even fully quantized, fallbacks
+    (more float) cannot make it faster, so the budget search is skipped. The ranges barely
+    move the latency, so the check runs on one-pass minmax summaries (calibration/summaries.py)
+    and the histogram calibration of the configured method is paid only when int8 wins."""
+    method = job.calibration.method
+    quick = _speed_check_skipped(job) is None and method != "minmax"
+    options = replace(job.calibration, method="minmax") if quick else job.calibration
+    first = job.calibrate(options, {"seconds": job.setup_seconds, "source": job.source})
+    build = job.builder(first)
+    full = build(frozenset())
+    start, precheck = _fastest(job, full, build, _any_fits)
+    if not quick:
+        return LatencyFirst(start, build, full, precheck, first.calib)
+    if start is None:
+        note = f"minmax summaries for the latency check only: no {method} calibration needed"
+        return LatencyFirst(None, build, full, precheck, {**first.calib, "note": note})
+    final = job.calibrate(job.calibration, {"source": job.source})
+    calib = {**final.calib, "latency_check": "on minmax summaries (one pass)"}
+    build = job.builder(final)
+    full = build(frozenset())
+    return LatencyFirst(build(start.disabled) if start.disabled else full, build, full, precheck, calib)
+
+
+def _searched(job: QuantJob, first: LatencyFirst) -> PassResult:
+    """The budget search from the pre-check's fastest variant, then the speed check again if
+    fallbacks changed the model; the result with its stats."""
+    start, precheck, opts = first.candidate, first.speed, job.options
+    sqnr = tensor_sqnr(job.work, start, job.feeds, opts.sqnr_batches) if opts.sqnr_batches else {}
+    fit_build = replace(first.build, base=start.disabled)  # the pre-check's dropped families stay float
+    best, fit, fits = _fit(job, start, fit_build, unit_sqnr(start, sqnr))
+    speed = precheck
+    if best is not start and precheck.get("measured", True):  # fallbacks changed it: time again
+        best, speed = _fastest(job, best, first.build, fits)
+        speed = {**speed, "precheck": precheck}
+    if best is None:
+        return _float(job, speed, fit, first.calib)
+    _mark_slow_families(best, first.full.plan, [precheck, speed])
+    stats = _stats(job, best, first.calib, fit)
+    stats.update(speed=speed, smoothed=job.smoothed, matmul_bias_to_gemm=job.gemms, tensor_sqnr_db=sqnr)
+    return PassResult(best.model, True, stats)
+
+
+def _float(job: QuantJob, speed: dict, fit: dict, calib: dict) -> PassResult:
+    reason = f"int8 measured slower than float here ({speed['latency_ms']})"
+    job.ctx.no_match(NAME, "model", reason)
+    return PassResult(job.model, False, {"skipped": reason, "speed": speed, "budget": fit, "calibration": calib})
+
+
+def _any_fits(candidate: Candidate) -> bool:
+    return True
+
+
+def _fits_budget(ev, budget, candidate: Candidate) -> bool:
+    return ev.fits(candidate.model, budget)[0]
+
+
+def _fit(job: QuantJob, full: Candidate, build: Builder, proxy: dict[str, float]):
+    """(candidate meeting the budget, report, fits(candidate) -> bool for later choices)."""
+    opts, ctx = job.options, job.ctx
+    if not opts.fallback or not ctx.holdout:
+        return full, {"measured": False}, _any_fits
+    ev = ctx.evaluator(job.model)
+    budget = effective_budget(ctx.budget)
+    if opts.budget_share < 1:
+        budget = budget_share(budget, ev.measure(job.model), opts.budget_share)
+    best, report = fit_budget(full, build, ev, budget, opts.max_fallback, ctx.progress, opts.rank, proxy)
+    return best, report, partial(_fits_budget, ev, budget)
+
+
+def _speed_check_skipped(job: QuantJob) -> dict | None:
+    """Why no speed check is made ({"measured": False, ...}), or None when one is."""
+    if not job.options.speed_check or not job.profile.latency_check:
+        return {"measured": False}
+    missing = resolve_providers(None).skipped.get(job.profile.latency_provider)
+    if missing:
+        return {"measured": False, "reason": f"{missing}: int8 kept without a speed check"}
+    return None
+
+
+def _fastest(job: QuantJob, best: Candidate, build: Builder, fits):
+    """The fastest of {best, best with an op family back in float, float} that `fits`
+    (speed.py); (best, {"measured": False, ...}) when no speed check is made."""
+    skipped = _speed_check_skipped(job)
+    if skipped is not None:
+        return best, skipped
+    opts, ctx = job.options, job.ctx
+    feed = ctx.holdout[0] if ctx.holdout else next(iter(job.feeds()))
+    return choose_fastest(job.model, best, build, fits, feed, opts.speed_runs, opts.threads,
+                          opts.speed_margin, ctx.progress, job.profile.latency_provider)
+
+
+def _mark_slow_families(best: Candidate, full_plan, reports: list[dict]) -> None:
+    """Say in the plan why the op families a speed check dropped stayed float."""
+    families = family_units(full_plan)
+    for report in reports:
+        for family in dropped_families(report.get("chosen", "")):
+            for key in families.get(family, ()):
+                best.plan.skipped[key] = (f"{family} back in float: int8 measured slower here "
+                                          f"({report['latency_ms']})")
+
+
+def unit_sqnr(candidate: Candidate, tensor_sqnr_db: dict[str, float]) -> dict[str, float]:
+    """Worst SQNR among each unit's quantized inputs and weight (the `rank=sqnr` proxy)."""
+    result = {}
+    for key, unit in candidate.plan.units.items():
+        values = [tensor_sqnr_db.get(tensor, float("inf")) for tensor in unit.names]
+        weight = candidate.applied.weights.get(key)
+        if weight is not None:
+            values.append(weight["sqnr_db"])
+        result[key] = min(values, default=float("inf"))
+    return result
+
+
+def _stats(job: QuantJob, best: Candidate, calib: dict, fit: dict) -> dict:
+    profile: QuantProfile = job.profile
+    plan: Plan = best.plan
+    ops: dict[str, int] = {}
+    for unit in plan.units.values():
+        ops[unit.node.op_type] = ops.get(unit.node.op_type, 0) + 1
+    weights = sorted(best.applied.weights.items(), key=lambda kv: kv[1]["sqnr_db"])
+    return {
+        "profile": profile.name,
+        "activation": profile.activation.dtype + ("" if not profile.activation.symmetric else " symmetric"),
+        "weight": f"{profile.weight.dtype} {profile.weight.bits}-bit symmetric",
+        "notes": list(profile.notes) + ([job.opset_note] if job.opset_note else []),
+        "quantized_nodes": len(plan.units), "quantized_by_op": dict(sorted(ops.items())),
+        "quantized_tensors": len(plan.tensors), "relu_folded": best.applied.relu_folded,
+        "scale_groups": len(plan.groups), "qdq_nodes_added": best.applied.nodes_added,
+        "kept_float": dict(sorted(plan.skipped.items())), "bias_scale_grown": best.applied.bias_grown,
+        "calibration": calib, "budget": fit,
+        "weight_sqnr_db": {name: w["sqnr_db"] for name, w in weights},
+    }
+
+
+__all__ = ["Quantize", "QuantizeOptions", "resolve_profile"]

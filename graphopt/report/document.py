@@ -1,0 +1,110 @@
+"""The run report as a document: built from a run, written as JSON or HTML (`--report`).
+
+JSON shape (design.md): {"model": {before/after: nodes, params, bytes}, "passes": [{"name",
+"options", "applied", "rolled_back", "seconds", "stats", "size", "verify", "bench", "error"}],
+"summary": {...}, "environment": {...}}. `bench` per provider holds p50/p90 at
+ORT_ENABLE_ALL plus a `disable_all` entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from graphopt.manager import RunResult
+from graphopt.report.html import render_html
+
+
+def build_report(result: RunResult, *, input_path: str | None, output_path: str | None,
+                 providers: dict[str, Any], feeds: dict[str, Any], threads: int = 0) -> dict[str, Any]:
+    passes = [dataclasses.asdict(r) for r in result.passes]
+    return {
+        "model": {"input": input_path, "output": output_path,
+                  "before": result.before.to_dict(), "after": result.after.to_dict()},
+        "passes": passes,
+        "bench": {"input": result.baseline_bench} if result.baseline_bench else None,
+        "summary": _summary(result),
+        "data": feeds,
+        "environment": {"onnxruntime": ort.__version__, "providers": providers,
+                        "python": platform.python_version(), "machine": platform.machine(),
+                        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "bench_threads": threads},
+    }
+
+
+def _summary(result: RunResult) -> dict[str, Any]:
+    before, after = result.before, result.after
+    summary = {
+        "passes_applied": [r.name for r in result.passes if r.applied],
+        "passes_rolled_back": [r.name for r in result.passes if r.rolled_back],
+        "nodes": [before.nodes, after.nodes],
+        "params": [before.params, after.params],
+        "bytes": [before.bytes, after.bytes],
+        "seconds": sum(r.seconds for r in result.passes),
+    }
+    final_bench = next((r.bench for r in reversed(result.passes) if r.bench), None)
+    if result.baseline_bench and final_bench:
+        summary["speedup_enable_all"] = {
+            p: result.baseline_bench[p]["p50_ms"] / final_bench[p]["p50_ms"] for p in final_bench
+            if "p50_ms" in final_bench[p] and "p50_ms" in result.baseline_bench.get(p, {})}
+    if result.final is not None:
+        summary["final_verify"] = result.final.summary()
+    return summary
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
+    write_text_atomic(json.dumps(report, indent=2, default=_json_default), path)
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """`.html` -> the self-contained HTML page; anything else -> JSON."""
+    if str(path).lower().endswith((".html", ".htm")):
+        write_text_atomic(render_html(json.loads(json.dumps(report, default=_json_default))), path)
+    else:
+        write_json(report, path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Atomic write (temp file in the same directory, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a report is an ordinary file
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

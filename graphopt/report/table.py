@@ -1,0 +1,76 @@
+"""The run report as text for people: the per-pass table and the closing summary lines."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """One row per pass (plus the input model): what changed in size, error and speed.
+
+    max_abs is the pass's own change (vs the model before it); cosine is against the input."""
+    providers = list((report.get("bench") or {}).get("input") or {})
+    header = (["pass", "status", "nodes", "MB", "max_abs", "cos vs input"]
+              + [f"{p} p50 ms" for p in providers] + ["sec"])
+    before = report["model"]["before"]
+    rows = [["(input)", "", str(before["nodes"]), _mb(before["bytes"]), "", ""]
+            + [_ms(report["bench"]["input"], p) for p in providers] + [""]]
+    for rec in report["passes"]:
+        status = pass_status(rec)
+        verify = rec["verify"] or {}
+        rows.append([rec["name"], status, str(rec["size"]["nodes"]), _mb(rec["size"]["bytes"]),
+                     _num(verify.get("max_abs")), _num(verify.get("vs_input", {}).get("cosine"), 6)]
+                    + [_ms(rec["bench"], p) for p in providers] + [f"{rec['seconds']:.2f}"])
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    for rec in report["passes"]:
+        if rec["error"]:
+            lines.append(f"{rec['name']}: {rec['error']}")
+        elif rec.get("skipped"):
+            lines.append(f"{rec['name']}: skipped: {rec['skipped']}")
+    return "\n".join(lines)
+
+
+def pass_status(rec: dict[str, Any]) -> str:
+    if rec.get("skipped"):
+        return "skipped"
+    return "applied" if rec["applied"] else ("ROLLED BACK" if rec["rolled_back"] else "no change")
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The closing lines people read: size, speed and accuracy before -> after."""
+    summary = report["summary"]
+    lines = [f"nodes {summary['nodes'][0]} -> {summary['nodes'][1]}, "
+             f"params {summary['params'][0]:,} -> {summary['params'][1]:,}, "
+             f"weights {_mb(summary['bytes'][0])} -> {_mb(summary['bytes'][1])} MB"]
+    for provider, ratio in (summary.get("speedup_enable_all") or {}).items():
+        lines.append(f"{provider}: {ratio:.2f}x the input model's speed (ORT_ENABLE_ALL p50)")
+    cosines = [((r.get("verify") or {}).get("vs_input") or {}).get("cosine")
+               for r in report["passes"] if r["applied"]]
+    cosines = [c for c in cosines if isinstance(c, float)]
+    if cosines:
+        lines.append(f"worst cosine vs input: {cosines[-1]:.6f}")
+    rolled = summary.get("passes_rolled_back") or []
+    lines.append(f"passes applied {len(summary['passes_applied'])}, rolled back {len(rolled)}"
+                 + (f" ({', '.join(rolled)})" if rolled else ""))
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def _ms(bench: dict | None, provider: str) -> str:
+    entry = (bench or {}).get(provider, {})
+    return f"{entry['p50_ms']:.3f}" if "p50_ms" in entry else ("failed" if "error" in entry else "-")
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)

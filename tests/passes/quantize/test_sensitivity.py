@@ -1,0 +1,52 @@
+"""Budget fallback search (quant_sensitivity.py) on a fake evaluator: which units stay float,
+and how many measurements it takes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from graphopt.passes.quantize.sensitivity import Candidate, fit_budget
+from graphopt.tolerance import Budget
+
+UNITS = [f"u{i}" for i in range(32)]
+
+
+class FakeEvaluator:
+    """cosine = 1 - 0.02 per quantized unit in `harmful` (+ 0.0001 per other quantized unit)."""
+
+    def __init__(self, harmful: set[str]):
+        self.harmful, self.calls = harmful, 0
+
+    def measure(self, model):
+        self.calls += 1
+        quantized = set(UNITS) - model.disabled
+        loss = 0.02 * len(quantized & self.harmful) + 0.0001 * len(quantized - self.harmful)
+        return {"y": SimpleNamespace(cosine=1.0 - loss)}
+
+    def fits(self, model, budget):
+        metrics = self.measure(model)
+        return metrics["y"].cosine >= budget.limits["cosine"], metrics
+
+
+def build(disabled: frozenset[str]) -> Candidate:
+    plan = SimpleNamespace(units={u: None for u in UNITS if u not in disabled})
+    return Candidate(SimpleNamespace(disabled=disabled), plan, None, disabled)
+
+
+# measurements: the fit is deterministic on this fake; a unit-by-unit walk over the fitting prefix
+# took 32, 39, 15 and 49
+@pytest.mark.parametrize("harmful, most_calls", [({"u20"}, 18), ({"u3", "u25"}, 25), (set(UNITS[:8]), 15),
+                                                 (set(UNITS[1::4]), 49)])
+def test_fallbacks_are_exactly_the_harmful_units(monkeypatch, harmful, most_calls):
+    import graphopt.passes.quantize.sensitivity as sensitivity
+
+    monkeypatch.setattr(sensitivity, "worst", lambda metrics, metric: metrics["y"].cosine)
+    monkeypatch.setattr(sensitivity, "summarize", lambda metrics: {"cosine": metrics["y"].cosine})
+    ev = FakeEvaluator(harmful)
+    proxy = {u: i for i, u in enumerate(UNITS)}  # a poor proxy: ranks u0 most sensitive
+    best, report = fit_budget(build(frozenset()), build, ev, Budget({"cosine": 0.99}), 64, proxy=proxy)
+    assert report["fits"] and best.disabled == frozenset(harmful)
+    assert {e["node"] for e in report["fallbacks"]} == harmful
+    assert ev.calls <= most_calls
