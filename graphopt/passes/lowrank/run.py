@@ -4,10 +4,10 @@ Flow of `LowRankPass.run` (the passes supply layer discovery, factorization and 
 1. find the layers; anything refused is recorded with a reason (stats "skipped", --debug);
 2. stream the layers' inputs: the held-out feeds give shapes (rows / pixels for FLOPs and the
    micro-benchmarks) and the second moments for held-out output errors; calibration data gives
-   the second moments of the data-aware factorization (lowrank_factor);
+   the second moments of the data-aware factorization (factor.py);
 3. choose each layer's rank: fixed rules (energy / rank_ratio / rank) or the accuracy budget
-   (lowrank_select); a rank whose factorization is not cheaper than the dense op is refused;
-4. speed gate (lowrank_speed): a layer is factored only if its factored chain runs faster than
+   (select.py); a rank whose factorization is not cheaper than the dense op is refused;
+4. speed gate (speed.py): a layer is factored only if its factored chain runs faster than
    the dense op on ORT CPU at its real shapes;
 5. rewrite, then time the whole model before/after (ORT_ENABLE_ALL, interleaved medians); with
    the speed gate on, a rewrite that did not make the model faster is not applied.

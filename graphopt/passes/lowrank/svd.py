@@ -1,7 +1,7 @@
 """`svd`: a constant-weight MatMul or Gemm replaced by two thinner ones, x·W ≈ (x·A)·B.
 
 W (K x N, after Gemm's transB) is factored by truncated SVD, plain or data-aware (whitened by
-the layer input's second moment; the math is in lowrank_factor.py): A = U_r Σ_r^½ (K x r),
+the layer input's second moment; the math is in factor.py): A = U_r Σ_r^½ (K x r),
 B = Σ_r^½ V_rᵀ (r x N), un-whitened when data-aware. MACs per output row drop from K·N to
 r·(K+N), so only r < K·N/(K+N) saves anything; a rank at or above that break-even is refused.
 
@@ -15,10 +15,10 @@ dtype (computed in float64).
 Rank per layer: `energy` (fraction of W's squared singular values kept; the same rank rule with
 or without data, so data-aware only changes which rank-r factors are kept, never r: output energy
 would let an activation mean that dominates the second moment pick rank 1), `rank_ratio` (r = ratio·min(K, N)), `rank` (fixed; refused above min(K, N)),
-or `budget` (lowrank_select.py: the largest FLOP saving whose measured held-out error fits the
+or `budget` (select.py: the largest FLOP saving whose measured held-out error fits the
 run's --budget). Refused with a reason: non-constant, shared or non-float weights, a constant
 left operand, weights smaller than `min_size`, ranks at the break-even, and (speed gate on)
-ranks the ORT CPU EP does not run faster (lowrank_speed.py).
+ranks the ORT CPU EP does not run faster (speed.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`tucker`: a constant-weight Conv (group 1) replaced by a chain of thinner convolutions.
 
-k x k kernels (k > 1): Tucker-2 on the channel modes (lowrank_factor.py),
+k x k kernels (k > 1): Tucker-2 on the channel modes (factor.py),
 W[Cout, Cin, kh, kw] ≈ G ×₀ U_out ×₁ U_in, as 1x1 conv (U_inᵀ, Cin → r_in) → kh x kw conv (core G,
 r_in → r_out, the original strides/pads/dilations) → 1x1 conv (U_out, r_out → Cout, the bias).
 Per output pixel the MACs go from Cout·Cin·kh·kw to r_out·r_in·kh·kw + r_out·Cout, plus Cin·r_in per
@@ -10,9 +10,9 @@ conv (its factor is folded into the core). 1x1 kernels are matrices: two 1x1 con
 
 Ranks: `energy` (each mode keeps that fraction of the weight unfolding's squared singular values,
 HOSVD, then HOOI refines the factors for those ranks; with or without data the ranks come from the
-weight, data-aware only changes the factors) or `budget` (lowrank_select.py). A layer is
+weight, data-aware only changes the factors) or `budget` (select.py). A layer is
 refused when the chain is not cheaper than the dense conv, and, with the speed gate, when ORT
-does not run it faster (lowrank_speed.py). Data-aware (calibration data): the input-channel mode
+does not run it faster (speed.py). Data-aware (calibration data): the input-channel mode
 is whitened by the channel second moment of the conv input (pixels as rows) — exact output-error
 minimization for 1x1 kernels, an approximation that ignores spatial correlation for larger ones.
 

@@ -3,7 +3,7 @@
 Sparse tensor cores (NVIDIA Ampere and later, used by TensorRT when a weight qualifies)
 compute y = W·x skipping zeros when, along the reduction (input-channel) axis, every group
 of M consecutive weights holds at most N non-zeros. For each layer the reduction axis is
-the one that indexes input channels (prune_common.reduction_axis): MatMul W[K, N] axis 0,
+the one that indexes input channels (prune.common.reduction_axis): MatMul W[K, N] axis 0,
 Gemm axis 1 if transB else 0, Conv W[M, C/g, k…] axis 1 (groups of M input channels at each
 output channel and kernel tap, TensorRT's rule for convolutions), ConvTranspose axis 0.
 In every group the M − N elements of lowest saliency (|w|, or |w|·‖x_j‖ with calibration

@@ -1,6 +1,6 @@
 """Q/DQ placement: which nodes run quantized and which tensors get a Q/DQ pair.
 
-Placement follows the target profile (quant_profiles.py) in three steps:
+Placement follows the target profile (profiles.py) in three steps:
 
 1. Units. A `compute` node (Conv, MatMul, Gemm, ...) becomes a unit when it is not excluded and
    its weight is constant (or the rule accepts a second activation, as attention's MatMuls).

@@ -75,9 +75,9 @@ class QuantProfile:
     fold_relu: bool  # Relu/Clip(0, b) before a Q of the producer's output are absorbed by the Q
     bias_int32: bool = True
     min_opset: int = 13  # per-channel DequantizeLinear (axis) exists from opset 13
-    latency_check: bool = False  # the target runs here: measure that int8 is faster (quant_speed.py)
+    latency_check: bool = False  # the target runs here: measure that int8 is faster (speed.py)
     latency_provider: str = "cpu"  # graphopt.runtime.PROVIDERS key the speed check times on
-    gemm_bias: bool = False  # MatMul + bias before a Reshape -> 2-D Gemm, bias in the kernel (quant_gemm.py)
+    gemm_bias: bool = False  # MatMul + bias before a Reshape -> 2-D Gemm, bias in the kernel (gemm.py)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def rule(self, op_type: str) -> OpRule | None:
@@ -92,9 +92,9 @@ SHARED = OpRule("shared")
 ORT_CPU_ELEMENTWISE = OpRule("elementwise", activations=(0, 1), output=True, constants=False)
 
 # ONNX Runtime CPU: DQ→Conv→Q becomes QLinearConv, DQ→MatMul (no Q) MatMulIntegerToFloat, DQ→Gemm
-# QGemm, DQ→Add/Mul→Q QLinearAdd/QLinearMul. Measured on AVX2 without VNNI (tools/bench_quantize.py
-# notes): its int8 depthwise kernel is ~3x slower than the float NCHWc one, and an Add/Mul with a
-# constant costs more as QLinear op + requantization than in float, so neither is quantized.
+# QGemm, DQ→Add/Mul→Q QLinearAdd/QLinearMul. On AVX2 without VNNI its int8 depthwise kernel is
+# slower than the float NCHWc one, and an Add/Mul with a constant costs more as QLinear op +
+# requantization than in float, so neither is quantized (measured: docs/design-measurements.md).
 ORT_CPU_OPS = {
     "Conv": OpRule("compute", (0,), 1, 2, output=True, depthwise=False),
     # activation x activation (attention's QK^T, P·V) stays float: measured on MiniLM, the four
@@ -134,9 +134,9 @@ TENSORRT_OPS = {
 # INT8 per-channel weights (8 bits: the plugin's kernels handle u8 x s8 without the AVX2
 # saturation); Q/DQ on the inputs of Conv/ConvTranspose/MatMul/Gemm with constant weights,
 # pooling and Concat. OpenVINO's LPT propagates the FakeQuantize through shape ops itself.
-# Residual Adds stay float: measured on MiniLM with the OpenVINO EP, quantizing them (NNCF's CNN
-# preset does) dropped the embedding cosine to 0.53 while ONNX Runtime's CPU EP kept it at 0.99,
-# so the budget, measured on ORT, could not catch it.
+# Residual Adds stay float: on MiniLM with the OpenVINO EP, quantizing them (NNCF's CNN preset
+# does) dropped the embedding cosine far lower than ONNX Runtime's CPU EP did, so the budget,
+# measured on ORT, could not catch it (measured: docs/design-measurements.md).
 OPENVINO_OPS = {
     "Conv": _compute(1, None, output=False),
     "ConvTranspose": _compute(1, None, output=False),

@@ -1,11 +1,11 @@
 """Latency check: keep only the quantized op families that make the model faster here.
 
-Integer kernels are not faster everywhere. Measured on a 2-core AVX2 CPU without VNNI with ONNX
-Runtime 1.32 (tools/bench_quantize.py): MatMulIntegerToFloat / QGemm beat float MatMul by
-~1.8x, but a QLinearConv island between float activations (HardSwish, scalar affines) costs a
-QuantizeLinear, a DequantizeLinear and NCHW<->NHWC transposes around it: PP-OCR det and cls
-ran 10% to 2x slower with int8 convolutions than in float. Whether the trade pays depends on the CPU (VNNI, AMX), the thread count and
-the model, so it is measured rather than guessed:
+Integer kernels are not faster everywhere. On AVX2 without VNNI, MatMulIntegerToFloat / QGemm
+beat float MatMul, but a QLinearConv island between float activations (HardSwish, scalar
+affines) costs a QuantizeLinear, a DequantizeLinear and NCHW<->NHWC transposes around it, so
+PP-OCR det and cls ran slower with int8 convolutions than in float (measured:
+docs/design-measurements.md). Whether the trade pays depends on the CPU (VNNI, AMX), the thread
+count and the model, so it is measured rather than guessed:
 
     candidates = {all quantized} ∪ {one or more op families back in float} ∪ {float}
     latency(c) = median over interleaved blocks of ONNX Runtime runs (ORT_ENABLE_ALL, one feed)

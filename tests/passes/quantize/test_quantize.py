@@ -500,7 +500,7 @@ def test_sqnr_report_ranks_the_outlier_tensor_worst():
 # --- latency check (timings faked: tests never assert wall-clock speed) ---------------------
 
 def _fake_timings(monkeypatch, by_variant: dict[str, float]):
-    """Make quant_speed's timer return fixed medians: [float, int8, variants...] in order."""
+    """Make speed.py's timer return fixed medians: [float, int8, variants...] in order."""
     import graphopt.passes.quantize.speed as quant_speed
 
     def fake(sessions, feed, runs):

@@ -1,4 +1,4 @@
-"""Budget fallback search (quant_sensitivity.py) on a fake evaluator: which units stay float,
+"""Budget fallback search (quantize/sensitivity.py) on a fake evaluator: which units stay float,
 and how many measurements it takes."""
 
 from __future__ import annotations

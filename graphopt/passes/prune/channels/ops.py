@@ -1,9 +1,9 @@
-"""How channel index maps pass through each op (the rules behind channel_groups.py).
+"""How channel index maps pass through each op (the rules behind groups.py).
 
 `follow(tracker, node, tracked)` gets a node some of whose inputs carry seed channels and
 either records what the node's outputs carry (and the constants to slice, as `Site`s) or
 returns the reason the node cannot be followed. The rules and their math are listed in
-channel_groups.py; shapes come from ONNX shape inference (ranks must be known).
+groups.py; shapes come from ONNX shape inference (ranks must be known).
 """
 
 from __future__ import annotations

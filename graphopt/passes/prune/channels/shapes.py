@@ -1,5 +1,5 @@
 """Channel index maps through shape ops: Flatten, Reshape, Split, Slice, Squeeze, Unsqueeze,
-Reduce*, and Shape reads (part of the channel analysis, see channel_groups.py).
+Reduce*, and Shape reads (part of the channel analysis, see groups.py).
 
 - Flatten(axis f) of [.., C, d₁…dₖ] with every dim between f and C equal to 1 gives [N, C·∏dᵢ]:
   channel c spans the ∏dᵢ consecutive positions c·∏dᵢ … (the `inner` factor of a Piece).

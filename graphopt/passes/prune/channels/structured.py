@@ -1,8 +1,8 @@
 """`prune-channels`: structured pruning that really shrinks tensors.
 
 Whole output channels (Conv filters, Gemm/MatMul columns) are removed together with every
-tensor index they reach (channel_groups.py builds the dependency groups, channel_rewrite.py
-slices them, channel_importance.py ranks channels). For a layer y = W·x the MACs scale with
+tensor index they reach (groups.py builds the dependency groups, rewrite.py
+slices them, importance.py ranks channels). For a layer y = W·x the MACs scale with
 (kept outputs)·(kept inputs), so pruning a fraction r of the channels between two layers
 removes about r of both layers' MACs and parameters.
 
@@ -11,8 +11,8 @@ removes about r of both layers' MACs and parameters.
 - Budget mode: each group is pruned alone at the cap `ratio` and its loss measured on
   held-out data (its sensitivity); importances are scaled by it, so insensitive groups give
   up channels first; a binary search over the global fraction keeps the largest measured
-  candidate that fits the run's budget (prune_common.largest_fitting).
-- Compensation (channel_rewrite.py), from calibration statistics of each consumer's input:
+  candidate that fits the run's budget (prune.common.largest_fitting).
+- Compensation (rewrite.py), from calibration statistics of each consumer's input:
   `bias` folds the removed channels' mean contribution E[x_r]·W[:, r] into the consumer's
   bias; `refit` (default) also refits dense and 1x1-Conv consumers on their kept inputs by
   ridge least squares (other consumers get the bias term). The stats report the fidelity

@@ -65,7 +65,8 @@ def bin_counts(x: np.ndarray, exponent: int, bins: int) -> np.ndarray:
         t = tmp[:len(block)]
         np.multiply(block, scale, out=t)
         np.floor(t, out=t)
-        t += offset  # exact: an integer below 2^24 (int32 indices: bincount is ~2x faster than on intp)
+        t += offset  # exact: an integer below 2^24 (int32 indices: bincount is faster than on intp;
+        # measured: docs/design-measurements.md)
         counts += np.bincount(t.astype(np.int32), minlength=2 * bins)
     return counts
 

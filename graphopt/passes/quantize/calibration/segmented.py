@@ -5,18 +5,18 @@ each feed runs the segments in order and every tensor that comes out is folded i
 TensorStats with `update` (exact extremes, NaN/Inf and sentinel counts, and the streaming
 histogram whose range growth re-bins exactly, graphopt.passes.quantize.calibration.histogram) and dropped before the next
 segment runs. So percentile/entropy/mse need one forward pass, no in-graph pass 1 for the final
-range, and bin in numpy (floor(x·2^-e) + B, bincount: ~1.6 ns per element on one core of this
-VM; ORT's ScatterElements, which an earlier in-graph histogram pass used, took ~9 ns).
+range, and bin in numpy (floor(x·2^-e) + B, bincount), which takes less time per element than
+ORT's ScatterElements, which an earlier in-graph histogram pass used (measured:
+docs/design-measurements.md).
 
 The first feed is cut by estimated sizes: the model's own shapes (graphopt.passes.quantize.calibration.plan,
 symbolic dims from the feed) or, when it lacks them (Paddle exports), ONNX shape inference at the
 feed's concrete input shapes (`segments.inferred`, which also gives the dtypes segment inputs
 need). If one segment then gave more than twice `cap` and the sizes that feed really had cut
-differently, the segments are rebuilt once. An overestimate only means more, smaller segments
-(det: 40 instead of 17), each one more ORT session to build and one more run per feed, which
-cost less than rebuilding them (0.29 s on det). Any ORT
-refusal (building or running a segment, or folding its tensors) raises
-calibration_ingraph.Refused and the caller falls back to exposure.
+differently, the segments are rebuilt once. An overestimate only means more, smaller segments,
+each one more ORT session to build and one more run per feed, which cost less than rebuilding
+them (measured: docs/design-measurements.md). Any ORT refusal (building or running a segment,
+or folding its tensors) raises ingraph.Refused and the caller falls back to exposure.
 """
 
 from __future__ import annotations

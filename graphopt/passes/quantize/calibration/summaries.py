@@ -11,8 +11,8 @@ x holds a non-finite value iff flag is NaN or lo/hi is infinite: an Inf is an ex
 makes the sum NaN. The sum may overflow to ±Inf on finite values (the -3.4e38 of attention
 masks): that is not a NaN, so those tensors are not suspected; +Inf and -Inf overflows in one
 sum give NaN, a false alarm that costs an exact re-run, never a missed value. (The flag was
-ReduceSum(x - x) before: a whole-tensor temporary per tensor; MiniLM's summaries pass, 6 batches
-in one process, 1.16 s then, 1.12 s now.)
+ReduceSum(x - x) before: a whole-tensor temporary per tensor, and MiniLM's summaries pass was
+slower with it; measured: docs/design-measurements.md.)
 
 `sample` is exactly graphopt.passes.quantize.calibration.histogram's `octave_sample` of the flattened tensor, so the octave
 profile (what flags extreme outliers) is the same as when the tensor itself is exposed, and
@@ -21,9 +21,8 @@ count: the caller re-runs that batch with the tensor exposed. The summary output
 tensor whatever the activation size, so one ORT pass covers every tensor at once. The summary
 nodes sit right after each tensor's producer and the session runs nodes in graph order
 (graphopt.runtime's `low_memory`), so each tensor is freed after its summary as it would be
-without one; in ORT's default order the summaries ran late and kept the tensors alive (MiniLM,
-114 tensors, batch 8 x 128: peak +773 MB in ORT's order, +202 MB in graph order, against +190 MB
-for the plain model).
+without one; in ORT's default order the summaries ran late and kept the tensors alive, so the
+peak rose far above the plain model's (measured: docs/design-measurements.md).
 
 `supported` says when this applies: default-domain opset >= 10 (Slice takes `steps` from 10; the
 reductions are used without `axes`, so their opset 13/18 signature changes do not matter) and
