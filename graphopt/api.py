@@ -16,21 +16,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from graphopt.arguments import check_optimize_arguments
 from graphopt.bench import BenchConfig
+from graphopt.declared_shapes import check_input
 from graphopt.data import (Feed, input_specs, load_feeds, parse_shapes, reject_infinite, split_holdout, synthesize_feeds,
                            validate_feed)
 from graphopt.errors import InputError
-from graphopt.io import LoadedModel, load_model, save_model, to_kind
+from graphopt.io import LoadedModel, external_data_files, load_model, to_kind, uses_external_data
 from graphopt.manager import PassManager, RunConfig
+from graphopt.outputs import Transaction, plan_writes, write_outputs
 from graphopt.pass_api import Pass, PassContext
 from graphopt.recipes import DEFAULT_RECIPE, passes_from_recipe, passes_from_spec
 from graphopt.report import build_report, format_table
 from graphopt.runtime import resolve_providers
-from graphopt.tolerance import Budget
+from graphopt.tolerance import Budget, Lossy
 from graphopt.targets import get_target, target_problems
 from graphopt.verify import reference_outputs
 
 SYNTHETIC_FEEDS = 2
+SYNTHETIC = "synthetic"  # `--calib synthetic`: run lossy passes on generated inputs (opt-in)
 
 
 @dataclass
@@ -53,46 +57,55 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
              verify: str = "each", on_fail: str = "rollback", bench: bool = False,
              providers: list[str] | None = None, bench_runs: int = 20, threads: int = 0,
              seed: int = 0, target: str = "portable", goal: str = "latency",
+             reports: Iterable[str | os.PathLike] = (),
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
     """Run a recipe (default `lossless`, adapted to `target`) or a pass list over a model,
     verified pass by pass. `recipe="auto"` searches pass chains for the fastest (`goal=
-    "latency"`) or smallest (`goal="size"`) model inside the budget (default cosine 0.99)."""
+    "latency"`) or smallest (`goal="size"`) model inside the budget (default cosine 0.99).
+    `output` and every `reports` path (.html or JSON) are written together or not at all, and
+    never over anything the run reads (graphopt.outputs)."""
+    data, calib, shapes = check_optimize_arguments(locals())
+    reports = list(reports)
     if recipe == "auto":
         if passes is not None:
             raise InputError("give either --passes or --recipe, not both")
         return optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
                              budget=budget, seed=seed, target=target, threads=threads,
-                             runs=bench_runs, progress=progress)
-    loaded = _load_checked(source, output)
+                             runs=bench_runs, reports=reports, progress=progress)
+    loaded = _load_checked(source, output, reports, data, calib)
+    declared = check_input(loaded.model)  # contradicted declared shapes dropped before any pass
     profile = get_target(target)
     pass_list = _resolve_passes(passes, recipe, target)
+    lossy = [p.name for p in pass_list if isinstance(p.tolerance, Lossy)]
+    _require_real_data(lossy, data, calib)
     run_budget = _as_budget(budget)
     choice = resolve_providers(providers) if bench else None  # default: every available EP
-    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed)
+    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed, bool(lossy))
     config = RunConfig(verify=verify, on_fail=on_fail, budget=run_budget,
                        bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
     manager = _manager(pass_list, config, feeds, calib_feeds, seed, progress)
-    reference = None
-    if (verify != "off" or run_budget.limits) and loaded.path is not None:
-        reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
-    result = manager.run(loaded.model, reference)
-    provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
-    report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
-                          output_path=str(output) if output else None, providers=provider_info, feeds=data_info,
-                          threads=threads)
-    report["target"] = {"name": target, "problems": target_problems(result.model, profile)}
-    if output is not None:
-        if progress:
-            progress(f"saving {output}")
-        save_model(result.model, output)
+    with Transaction(say=progress) as txn:  # SIGINT/SIGTERM from here on leave nothing behind
+        reference = None
+        if (verify != "off" or run_budget.limits) and loaded.path is not None:
+            reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
+        declared.refuse_if_invalid(loaded.path)  # after ORT had its say on the file
+        result = manager.run(loaded.model, reference)
+        provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
+        report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
+                              output_path=str(output) if output else None, providers=provider_info,
+                              feeds=data_info, threads=threads)
+        report["target"] = {"name": target, "problems": target_problems(result.model, profile)}
+        report["repaired"] = declared.repaired
+        write_outputs(txn, result.model, output, reports, report, progress)
     return OptimizeResult(to_kind(result.model, loaded), report, Path(output) if output else None)
 
 
 def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
-                  threads: int, runs: int, progress) -> OptimizeResult:
+                  threads: int, runs: int, progress, reports: Iterable[str | os.PathLike] = ()) -> OptimizeResult:
     """Try each candidate chain (graphopt.auto), measure the survivors side by side, keep the best.
     Chains that start alike (the lossless or modern clean-up) share that prefix: it runs once,
     verified, and each candidate's lossy passes run on a copy of its result."""
+    data, calib, shapes = check_optimize_arguments({**locals(), "bench_runs": runs})
     from graphopt import auto
     from graphopt.lossy import effective_budget
     from graphopt.registry import registered_passes
@@ -104,12 +117,18 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
     run_budget = effective_budget(_as_budget(budget))
     lossless = adapt_recipe(RECIPES[auto.LOSSLESS], get_target(target))
     chains = auto.candidate_chains(lossless, set(registered_passes()), goal)
+    tried = {item.split(":", 1)[0] for _, _, tail, _ in chains for item in tail}
+    lossy = ["auto"] if any(isinstance(registered_passes()[n].tolerance, Lossy) for n in tried) else []
+    _require_real_data(lossy, data, calib)
     say = progress or (lambda message: None)
-    loaded = _load_checked(source, output)
-    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed)
+    reports = list(reports)
+    loaded = _load_checked(source, output, reports, data, calib)
+    declared = check_input(loaded.model)
+    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed, bool(lossy))
     say("auto: reference outputs")
     config = RunConfig(verify="each", on_fail="rollback", budget=run_budget)
     reference = reference_outputs(loaded.path or loaded.model, feeds)
+    declared.refuse_if_invalid(loaded.path)
     prefixes: dict[tuple[str, ...], tuple[Any, list]] = {}
 
     def run_chain(prefix: list[str], tail: list[str]) -> OptimizeResult:
@@ -126,21 +145,23 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
                               providers={}, feeds=data_info, threads=threads)
         return OptimizeResult(result.model, report, None)
 
-    trials = auto.search(chains, run_chain, say)
-    say("auto: timing the candidates side by side")
-    auto.measure_latency(trials, feeds[0], max(runs, 10), threads)
-    cost = (lambda t: t.bytes) if goal == "size" else (lambda t: t.ms)
-    chosen = auto.choose(trials, goal)
-    front = auto.pareto(trials, cost)
-    report = dict(chosen.result.report)
-    report["target"] = {"name": target, "problems": target_problems(chosen.result.model, get_target(target))}
-    report["auto"] = {"goal": goal, "budget": run_budget.limits, "chosen": chosen.name,
-                      "pareto": [t.name for t in front], "tried": [t.row() for t in trials],
-                      "table": auto.format_trials(trials, front, chosen, goal)}
-    model = chosen.result.model
-    if output is not None:
-        save_model(model, output)
-        report["model"] = {**report["model"], "output": str(output)}
+    with Transaction(say=progress) as txn:  # SIGINT/SIGTERM from here on leave nothing behind
+        trials = auto.search(chains, run_chain, say)
+        say("auto: timing the candidates side by side")
+        auto.measure_latency(trials, feeds[0], max(runs, 10), threads)
+        cost = (lambda t: t.bytes) if goal == "size" else (lambda t: t.ms)
+        chosen = auto.choose(trials, goal)
+        front = auto.pareto(trials, cost)
+        report = dict(chosen.result.report)
+        report["target"] = {"name": target, "problems": target_problems(chosen.result.model, get_target(target))}
+        report["repaired"] = declared.repaired
+        report["auto"] = {"goal": goal, "budget": run_budget.limits, "chosen": chosen.name,
+                          "pareto": [t.name for t in front], "tried": [t.row() for t in trials],
+                          "table": auto.format_trials(trials, front, chosen, goal)}
+        model = chosen.result.model
+        if output is not None:
+            report["model"] = {**report["model"], "output": str(output)}
+        write_outputs(txn, model, output, reports, report, progress)
     return OptimizeResult(to_kind(model, loaded), report, Path(output) if output else None)
 
 
@@ -151,17 +172,14 @@ def _manager(pass_list: list[Pass], config: RunConfig, feeds: list[Feed], calib_
     return PassManager(pass_list, config, feeds, ctx, progress)
 
 
-def _load_checked(source: Any, output) -> LoadedModel:
+def _load_checked(source: Any, output, reports: list | tuple = (), data=None, calib=None) -> LoadedModel:
+    """Load the model, then check what the run will write against what it reads and against
+    each other (graphopt.outputs), before any pass runs."""
     loaded = load_model(source)
-    if output is not None and loaded.path is not None and _same_file(Path(output), loaded.path):
-        raise InputError(f"output {output} is the input file; graphopt never overwrites its input")
-    if output is not None and Path(output).is_dir():
-        raise InputError(f"output {output} is a directory; give a file path, e.g. {Path(output) / 'model.onnx'}")
+    plan_writes(output, reports, input_path=loaded.path, weight_files=sorted(external_data_files(loaded.model)),
+                data={"--data": data, "--calib": None if _is_synthetic(calib) else calib},
+                external_likely=uses_external_data(loaded.model))
     return loaded
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def _resolve_passes(passes: str | list[Pass] | None, recipe: str | None, target: str) -> list[Pass]:
@@ -182,21 +200,80 @@ def _as_budget(budget: list[str] | dict[str, float] | Budget | None) -> Budget:
     return Budget.parse(list(budget))
 
 
-def _feeds(loaded: LoadedModel, data, calib, shapes, seed: int):
-    """Verification feeds, calibration feeds, and a description of where they came from."""
+def _require_real_data(lossy: list[str], data, calib) -> None:
+    """Lossy passes calibrate and judge themselves on the run's data; on generated inputs they
+    pass on noise (an int8 captcha CRNN expecting 0..255 pixels verified at cosine 0.9993 on
+    standard-normal inputs, then read 1% of captchas). Without --data or --calib they are
+    refused unless the user opts in with `--calib synthetic`."""
+    if lossy and data is None and calib is None:
+        raise InputError(f"{lossy[0]} needs calibration data: --calib DATA (or --calib {SYNTHETIC} to run on "
+                         "generated inputs, unchecked on real data)")
+
+
+def _is_synthetic(calib) -> bool:
+    """The literal keyword wins over a file of that name; `./synthetic` means the file."""
+    return isinstance(calib, str) and calib == SYNTHETIC
+
+
+def _feeds(loaded: LoadedModel, data, calib, shapes, seed: int, calibrates: bool = True):
+    """Verification feeds, calibration feeds, and the report's "data": feeds read and used on
+    each side, samples, how many held out, and whether verification data is real. With --calib
+    and no --data the last quarter of the calibration feeds is held out (graphopt.data's rule);
+    without either (or with `--calib synthetic`) feeds are synthesized and serve both sides.
+    `calibrates`: whether the run has a lossy pass (the summary line mentions calibration only then)."""
     model = loaded.model
     specs = input_specs(model)
     shape_map = parse_shapes(shapes, specs) if isinstance(shapes, list) else (shapes or {})
-    calib_feeds = _load(calib, model) if calib is not None else []
+    synthetic = _is_synthetic(calib)
+    calib_feeds = _load(calib, model) if calib is not None and not synthetic else []
     reject_infinite(calib_feeds, f"--calib {calib}" if isinstance(calib, (str, os.PathLike)) else "calibration data")
+    read = {"calib_feeds_read": len(calib_feeds), "data_feeds_read": 0}
     if data is not None:
         feeds = _load(data, model)
-        return feeds, calib_feeds, {"verify": "data", "count": len(feeds)}
+        read["data_feeds_read"] = len(feeds)
+        return feeds, calib_feeds, _data_info("data", read, calib_feeds or feeds, feeds, 0, synthetic, calibrates)
     if calib_feeds:
         calib_part, held_out = split_holdout(calib_feeds)
-        return held_out, calib_part, {"verify": "held-out calibration feeds", "count": len(held_out)}
+        return held_out, calib_part, _data_info("held-out calibration", read, calib_part, held_out,
+                                                len(held_out), False, calibrates)
     feeds = synthesize_feeds(model, SYNTHETIC_FEEDS, shape_map, seed)
-    return feeds, [], {"verify": f"synthesized (seed {seed})", "count": len(feeds)}
+    info = _data_info("synthetic", read, feeds, feeds, 0, synthetic, calibrates)
+    info["seed"] = seed
+    return feeds, [], info
+
+
+def _data_info(verify: str, read: dict[str, int], calibration: list[Feed], verification: list[Feed],
+               held_out: int, synthetic_opt_in: bool, calibrates: bool) -> dict[str, Any]:
+    """The report's "data" entry, with the summary line the CLI prints."""
+    calib_from = "calib" if read["calib_feeds_read"] else verify
+    info = {"verify": verify, "calibration": calib_from, "synthetic": verify == "synthetic", **read,
+            "calibration_feeds": len(calibration), "verification_feeds": len(verification),
+            "held_out": held_out, "calibration_samples": _samples(calibration),
+            "verification_samples": _samples(verification), "count": len(verification), "warnings": []}
+    cal, ver = _count(calibration), _count(verification)
+    if verify == "held-out calibration":
+        line = f"{read['calib_feeds_read']} feeds read from --calib: {cal} calibrate, {ver} held out to verify"
+    elif calib_from == "calib":
+        line = f"{cal} read from --calib calibrate; {ver} read from --data verify"
+    else:
+        where = "read from --data" if verify == "data" else "synthesized"
+        line = f"{ver} {where} verify" + ("; lossy passes calibrate on them too" if calibrates else "")
+    info["summary"] = f"data: {line}"
+    if verify == "synthetic" and synthetic_opt_in:
+        info["warnings"].append("calibrated and verified on synthetic inputs: nothing was checked on real data")
+    if synthetic_opt_in and Path(SYNTHETIC).exists():
+        info["warnings"].append(f"--calib {SYNTHETIC} means generated inputs; write ./{SYNTHETIC} for the "
+                                "file or directory of that name")
+    return info
+
+
+def _count(feeds: list[Feed]) -> str:
+    return f"{len(feeds)} feed{'' if len(feeds) == 1 else 's'} ({_samples(feeds)} samples)"
+
+
+def _samples(feeds: list[Feed]) -> int:
+    """Samples in the feeds: each feed's first axis (its batch), 1 for scalar feeds."""
+    return sum(next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in feeds)
 
 
 def _load(source, model) -> list[Feed]:

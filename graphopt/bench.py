@@ -2,9 +2,14 @@
 
 Each measurement builds a session for (provider, optimization level), runs `warmup`
 untimed iterations, then `runs` timed ones on the same feed, and reports the median (p50)
-and 90th percentile in milliseconds. Both ORT_DISABLE_ALL (the graph as written) and
-ORT_ENABLE_ALL (what deployments run) are measured, so a report shows what graphopt adds
-beyond ONNX Runtime's own optimizer.
+with the 10th and 90th percentiles in milliseconds. Both ORT_DISABLE_ALL (the graph as
+written) and ORT_ENABLE_ALL (what deployments run) are measured, so a report shows what
+graphopt adds beyond ONNX Runtime's own optimizer.
+
+The p10-p90 range is the spread a report shows next to each median: two timings whose ranges
+overlap are called "within noise" (`within_noise`), so a small model's run-to-run jitter is not
+read as a speed-up or a slow-down. That range is one session's jitter only; the same model timed
+in a fresh session can land outside it, so medians closer than NOISE_FLOOR are noise too.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.errors import InputError
 from graphopt.runtime import create_session, return_freed_memory
 
 LEVELS = ("enable_all", "disable_all")
+MAX_RUNS = 100_000  # timed runs per measurement; more is a typo (10**20 runs never ends)
+NOISE_FLOOR = 0.05  # medians this close (relative) are never called a change
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,20 @@ class BenchConfig:
     threads: int = 0
 
     def __post_init__(self):
-        if self.runs < 1 or self.warmup < 0:
-            raise ValueError("bench runs must be >= 1 and warmup >= 0")
+        if not _is_int(self.runs) or not 1 <= self.runs <= MAX_RUNS:
+            raise InputError(f"bench runs must be an integer from 1 to {MAX_RUNS}, got {self.runs!r}")
+        if not _is_int(self.warmup) or self.warmup < 0:
+            raise InputError(f"bench warmup runs must be an integer >= 0, got {self.warmup!r}")
+        if not _is_int(self.threads) or self.threads < 0:
+            raise InputError(f"threads must be an integer >= 0 (0: ONNX Runtime's default), got {self.threads!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def time_session(session, feed: dict[str, np.ndarray], runs: int, warmup: int) -> dict[str, float]:
-    """p50/p90 latency in ms of `session.run` on one feed."""
+    """p10/p50/p90 latency in ms of `session.run` on one feed."""
     for _ in range(warmup):
         session.run(None, feed)
     samples = np.empty(runs)
@@ -42,11 +58,33 @@ def time_session(session, feed: dict[str, np.ndarray], runs: int, warmup: int) -
         session.run(None, feed)
         samples[i] = time.perf_counter() - start
     return {"p50_ms": float(np.median(samples) * 1e3), "p90_ms": float(np.percentile(samples, 90) * 1e3),
-            "runs": runs}
+            "p10_ms": float(np.percentile(samples, 10) * 1e3), "runs": runs}
+
+
+def spread_ms(timing: dict) -> tuple[float, float, float]:
+    """(p10, p50, p90) of a `time_session` result; a missing percentile (older reports have no
+    p10) takes the median, so the range only narrows."""
+    p50 = timing["p50_ms"]
+    return timing.get("p10_ms", p50), p50, timing.get("p90_ms", p50)
+
+
+def within_noise(a: dict, b: dict, floor: float = NOISE_FLOOR) -> bool:
+    """Whether two `time_session` results differ by no more than noise: their p10-p90 ranges
+    overlap, or their medians are within `floor` of each other (relative)."""
+    a10, a50, a90 = spread_ms(a)
+    b10, b50, b90 = spread_ms(b)
+    return (a10 <= b90 and b10 <= a90) or abs(a50 - b50) <= floor * min(a50, b50)
+
+
+def compare_timings(base: dict, new: dict) -> dict:
+    """`new` against `base`: speed ratio (base p50 / new p50, >1 is faster), both [p10, p50, p90]
+    and whether the difference is within noise."""
+    return {"ratio": base["p50_ms"] / new["p50_ms"], "within_noise": within_noise(base, new),
+            "base_ms": list(spread_ms(base)), "new_ms": list(spread_ms(new))}
 
 
 def bench_model(model: ir.Model, feed: dict[str, np.ndarray], config: BenchConfig) -> dict[str, dict]:
-    """`{provider: {"p50_ms", "p90_ms" (ENABLE_ALL), "disable_all": {"p50_ms", "p90_ms"}}}`.
+    """`{provider: {"p50_ms", "p90_ms", "p10_ms" (ENABLE_ALL), "disable_all": {the same}}}`.
 
     A provider that is installed but cannot take this model (missing libraries, unsupported
     ops) gets `{"error": reason}` instead of numbers; the other providers still run.
@@ -72,7 +110,13 @@ BLOCK_PAUSE_S = 0.02  # see interleaved_p50
 
 def interleaved_p50(sessions: list, feed: dict[str, np.ndarray], runs: int, block: int = 5,
                     warmup: int = 3) -> list[float]:
-    """Median ms of each session, timed in alternating blocks so machine noise hits all alike.
+    """Median ms of each session, timed in alternating blocks (`interleaved_timings`)."""
+    return [t["p50_ms"] for t in interleaved_timings(sessions, feed, runs, block, warmup)]
+
+
+def interleaved_timings(sessions: list, feed: dict[str, np.ndarray], runs: int, block: int = 5,
+                        warmup: int = 3) -> list[dict[str, float]]:
+    """p10/p50/p90 ms of each session, timed in alternating blocks so machine noise hits all alike.
 
     Each block starts after a short pause (`BLOCK_PAUSE_S`): the worker threads of the session
     timed just before keep spinning for a while and steal cores. Without the pause a fast (int8)
@@ -91,4 +135,25 @@ def interleaved_p50(sessions: list, feed: dict[str, np.ndarray], runs: int, bloc
                 start = time.perf_counter()
                 session.run(None, feed)
                 times.append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(times)) for times in samples]
+    return [{"p50_ms": float(np.median(t)), "p10_ms": float(np.percentile(t, 10)),
+             "p90_ms": float(np.percentile(t, 90)), "runs": len(t)} for t in samples]
+
+
+def bench_pair(before: ir.Model, after: ir.Model, feed: dict[str, np.ndarray],
+               config: BenchConfig) -> dict[str, dict]:
+    """`{provider: {"input": timing, "final": timing}}` at ORT_ENABLE_ALL, the two models timed
+    in alternating blocks in one run: what the summary's speed-up is judged on (timings taken
+    minutes apart, at the start and the end of a run, differ by the machine's drift)."""
+    result = {}
+    for provider in config.providers:
+        try:
+            sessions = [create_session(m, provider, "enable_all", config.threads) for m in (before, after)]
+            first, second = interleaved_timings(sessions, feed, max(config.runs, 10), warmup=config.warmup)
+        except Exception as exc:  # noqa: BLE001  (ORT raises several private types)
+            result[provider] = {"error": str(exc).splitlines()[0]}
+            continue
+        finally:
+            sessions = None
+            return_freed_memory()
+        result[provider] = {"input": first, "final": second}
+    return result

@@ -1,7 +1,10 @@
 """The `graphopt` command line. It only parses arguments and calls the API.
 
-Exit codes: 0 success; 1 a verification or budget failure; 2 bad input or usage, with one
-readable line on stderr (a traceback only with --debug). No output file on a non-zero exit.
+Exit codes (README "CLI"): 0 success; 1 a verification or budget failure; 2 bad input or
+usage, with one readable line on stderr (a traceback only with --debug), in every subcommand;
+3 a bug in graphopt (any exception that is not graphopt's own); 130 interrupted. Numeric
+arguments are range-checked while parsing, so a bad one never reaches the API. No output
+file on a non-zero exit.
 """
 
 from __future__ import annotations
@@ -13,6 +16,25 @@ import sys
 import traceback
 
 from graphopt.errors import GraphoptError
+
+
+RUNS = (1, 100_000)  # graphopt.bench.MAX_RUNS
+THREADS = (0, 1024)  # 0: ONNX Runtime's default
+SEED = (0, (1 << 32) - 1)
+
+
+def _int_in(low: int, high: int):
+    """An argparse `type=` that accepts integers from `low` to `high` (one-line refusal)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {value}")
+        return value
+
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency on ONNX Runtime execution providers")
     p.add_argument("model")
     p.add_argument("--providers", help="default: every provider this onnxruntime has")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--threads", type=_int_in(*THREADS), default=0)
+    p.add_argument("--runs", type=_int_in(*RUNS), default=50)
     p.add_argument("--shape", action="append", default=[])
     p.add_argument("--data")
     p.add_argument("--json", action="store_true")
@@ -58,15 +80,16 @@ def _add_optimize(sub) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--passes", help="name[:key=value;...],... (see `graphopt passes`)")
     group.add_argument("--recipe", help="lossless (default) or a recipe .toml file")
-    p.add_argument("--calib", help=".npz or directory of .npz: calibration data")
+    p.add_argument("--calib", help=".npz or directory of .npz: calibration data; `synthetic` (./synthetic for a "
+                   "file of that name): generated inputs, nothing checked on real data")
     p.add_argument("--data", help=".npz or directory of .npz: verification data")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS")
     p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE")
     p.add_argument("--providers", help="for --bench: some of cpu,cuda,tensorrt,openvino,dml "
                    "(default: every one this onnxruntime has)")
     p.add_argument("--bench", action="store_true", help="benchmark the input and every applied pass")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per benchmark")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--runs", type=_int_in(*RUNS), default=20, help="timed runs per benchmark")
+    p.add_argument("--threads", type=_int_in(*THREADS), default=0)
     p.add_argument("--verify", default="each", choices=["each", "end", "off"])
     p.add_argument("--on-fail", default="rollback", choices=["rollback", "fail", "warn"])
     p.add_argument("--target", default="portable", help="portable (standard ops only, default), ort "
@@ -76,27 +99,27 @@ def _add_optimize(sub) -> None:
                    "anything else = JSON; repeatable")
     p.add_argument("--goal", default="latency", choices=["latency", "size"],
                    help="with --recipe auto: what the search minimizes inside the budget")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_in(*SEED), default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def cmd_optimize(args) -> int:
     from graphopt.api import optimize
     from graphopt.progress import TerminalProgress
-    from graphopt.report import format_summary, write_report
+    from graphopt.report import format_summary
 
     progress = None if args.quiet else TerminalProgress()
     try:
-        result = _run_optimize(args, optimize, progress)
+        result = _run_optimize(args, optimize, progress)  # writes the model and reports together
     finally:
         if progress is not None:
             progress.close()
-    for path in args.report:
-        write_report(result.report, path)
     if "auto" in result.report:
         print(result.report["auto"]["table"])
     print(result.table)
     print(format_summary(result.report))
+    if result.report.get("repaired"):  # graphopt.declared_shapes: what was dropped from the input
+        print(f"repaired input (not the file): {'; '.join(result.report['repaired'])}")
     for line in result.report["target"]["problems"]:
         print(f"target {args.target}: {line}")
     skipped = result.report["environment"]["providers"].get("skipped") or {}
@@ -111,7 +134,7 @@ def _run_optimize(args, optimize, progress):
                     calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
                     on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
                     bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,
-                    goal=args.goal, progress=progress)
+                    goal=args.goal, reports=args.report, progress=progress)
 
 
 def cmd_inspect(args) -> int:
@@ -193,16 +216,27 @@ def main(argv: list[str] | None = None) -> int:
     except GraphoptError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"graphopt: error: {exc}", file=sys.stderr)
+        print(f"graphopt: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("graphopt: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # the model or its feeds are too large for this machine: not a bug
+        if args.debug:
+            traceback.print_exc()
+        print(f"graphopt: error: out of memory ({_one_line(str(exc)) or 'MemoryError'}): the model or its "
+              "feeds are too large for this machine", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug in graphopt: still one line unless --debug
         if args.debug:
             traceback.print_exc()
-        print(f"graphopt: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        print(f"graphopt: internal error (a bug in graphopt: rerun with --debug and report it): "
+              f"{type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 3
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -45,12 +45,18 @@ def format_comparison(result: dict[str, Any]) -> str:
 
 def bench_file(path: str, providers: list[str] | None, *, threads: int = 0, runs: int = 50,
                data: str | None = None, shapes: list[str] | None = None) -> dict[str, Any]:
+    """Latency of one model file; refused (InputError) when no provider can run it at all."""
+    BenchConfig(runs=runs, threads=threads)  # bad numbers fail before the model is read
     model = load_path(Path(path))
     choice = resolve_providers(providers)
     feed = _feeds_for(model, data, shapes, count=1)[0]
     config = BenchConfig(tuple(choice.usable), runs=runs, warmup=max(3, runs // 10), threads=threads)
-    return {"model": path, "threads": threads, "runs": runs,
-            "results": bench_model(model, feed, config), "skipped": choice.skipped}
+    results = bench_model(model, feed, config)
+    failed = {name: r["error"] for name, r in results.items() if "error" in r}
+    if failed and len(failed) == len(results):
+        name, why = next(iter(failed.items()))
+        raise InputError(f"{path}: no provider could run the model ({name}: {why})")
+    return {"model": path, "threads": threads, "runs": runs, "results": results, "skipped": choice.skipped}
 
 
 def format_bench(result: dict[str, Any]) -> str:

@@ -1,13 +1,30 @@
 """Input feeds: load `.npz` data, or synthesize valid inputs from the model's input specs.
 
-A single `.npz` holds arrays keyed by input name whose first axis is the sample axis; a
-directory holds one `.npz` per feed. Synthesized data uses a fixed seed; symbolic dims take
-`--shape NAME=DIMS` values or 1. Integer inputs get values that are valid for the model:
-indices into a Gather get [0, rows), masks get ones, token-type ids get zeros.
+The feed rule (README "CLI", DATA):
+- A directory holds one `.npz` per feed, taken as it is.
+- A single `.npz` holds arrays keyed by input name whose first axis is the sample axis. It is
+  split into feeds of the model's batch size: an input whose first dim is static (`[1, 3, 60,
+  160]`) gets feeds of that many samples (the count must divide evenly); an input whose first
+  dim is symbolic or unknown gets one sample per feed. So `image: [64, 3, 60, 160]` is 64 feeds,
+  never one feed of batch 64. One sample per feed (rather than a fixed batch such as 8) keeps the
+  calibration / held-out split exact in samples (a 10-sample file holds out 3 samples, not a
+  whole batch or none) and runs the model as a batch-1 deployment does; the price is one ORT
+  run per sample, which for the small models here is per-call overhead, not compute.
+- An array with one more axis than its input is a stack of whole feeds (`[K, *input_shape]`,
+  K feeds), for data that must keep its own batches; rank-0 arrays go into every feed.
+- Arrays that yield different feed counts are refused.
+`split_holdout` takes the last quarter of the calibration feeds for verification when `--calib`
+comes without `--data`; with fewer than two feeds there is no held-out part and it refuses
+(calibration data is never reused while being called held-out).
+
+Synthesized data uses a fixed seed; symbolic dims take `--shape NAME=DIMS` values or 1.
+Integer inputs get values that are valid for the model: indices into a Gather get [0, rows),
+masks get ones, token-type ids get zeros.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -16,6 +33,8 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 
 Feed = dict[str, np.ndarray]
+MAX_DIM = (1 << 31) - 1  # what ONNX Runtime and numpy index with
+MAX_FEED_BYTES = 4 << 30  # a synthesized input larger than this is a typo, not a test feed
 
 
 @dataclass(frozen=True)
@@ -63,19 +82,44 @@ def parse_shapes(items: list[str], specs: list[InputSpec]) -> dict[str, tuple[in
             shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d)
         except ValueError:
             raise InputError(f"--shape '{item}': dims must be integers") from None
-        expected = by_name[name].shape
-        if expected is not None and len(expected) != len(shape):
-            raise InputError(f"--shape '{item}': input '{name}' has rank {len(expected)}, got {len(shape)} dims")
+        problem = shape_problem(shape, by_name[name])
+        if problem:
+            raise InputError(f"--shape '{item}': {problem}")
         shapes[name] = shape
     return shapes
 
 
+def shape_problem(shape: tuple, spec: InputSpec) -> str | None:
+    """Why `shape` cannot be a feed for `spec` (rank, static dims, size), or None."""
+    bad = [d for d in shape if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or not 1 <= d <= MAX_DIM]
+    if bad:
+        return f"dims must be integers from 1 to {MAX_DIM}, got {bad[0]!r}"
+    if spec.shape is not None and len(spec.shape) != len(shape):
+        return f"input '{spec.name}' has rank {len(spec.shape)}, got {len(shape)} dims"
+    for axis, (dim, size) in enumerate(zip(spec.shape or (), shape)):
+        if isinstance(dim, int) and dim != size:
+            return f"input '{spec.name}' has static dim {dim} at axis {axis}, got {size}"
+    return None
+
+
 def concrete_shape(spec: InputSpec, override: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The shape to synthesize for `spec`: the override, else static dims with 1 for symbolic
+    ones; refused when it is not a valid shape or would take more than MAX_FEED_BYTES."""
     if override is not None:
-        return override
-    if spec.shape is None:
+        problem = shape_problem(tuple(override), spec)
+        if problem:
+            raise InputError(f"shape {list(override)} for input '{spec.name}': {problem}")
+        shape = tuple(int(d) for d in override)
+    elif spec.shape is None:
         raise InputError(f"input '{spec.name}' has unknown rank; give --shape {spec.name}=DIMS")
-    return tuple(d if isinstance(d, int) else 1 for d in spec.shape)
+    else:
+        shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
+    nbytes = math.prod(shape) * spec.dtype.itemsize
+    if nbytes > MAX_FEED_BYTES:
+        where = "--shape gives" if override is not None else "the model declares"
+        raise InputError(f"input '{spec.name}': {where} shape {list(shape)} ({spec.dtype}), {nbytes / (1 << 30):.1f} GiB "
+                         f"to synthesize, over the {MAX_FEED_BYTES >> 30} GiB graphopt synthesizes per input")
+    return shape
 
 
 def synthesize_feeds(model: ir.Model, count: int = 1, shapes: dict | None = None, seed: int = 0) -> list[Feed]:
@@ -136,7 +180,8 @@ def _static_shape(value: ir.Value):
 
 
 def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:
-    """Load feeds from an .npz (first axis = samples) or a directory of .npz (one feed each)."""
+    """Load feeds from an .npz (first axis = samples, split into feeds of the model's batch
+    size; see the module docstring) or a directory of .npz (one feed each)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such data file or directory")
@@ -155,26 +200,57 @@ def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of an .npz; a member that is not .npy data (numpy hands back its raw bytes, e.g.
+    a pickle) is refused, never unpickled."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            arrays = {k: data[k] for k in data.files}
     except Exception as exc:
-        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+        raise InputError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray):
+            raise InputError(f"{path}: member '{name}' is not a .npy array (a pickle or other raw bytes); "
+                             "graphopt reads plain arrays only")
+    return arrays
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _split_samples(path: Path, arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> list[Feed]:
-    ranks = {s.name: len(s.shape) for s in specs if s.shape is not None}
-    stacked = {k: a.ndim == ranks.get(k, a.ndim) + 1 for k, a in arrays.items()}
-    if not any(stacked.values()):
-        return [arrays]
-    counts = {a.shape[0] for k, a in arrays.items() if stacked[k]}
-    if len(counts) != 1 or not all(stacked.values()):
-        raise InputError(f"{path}: arrays disagree on the sample count (first axis): "
-                         + ", ".join(f"{k}{list(a.shape)}" for k, a in arrays.items()))
-    (n,) = counts
+    """Cut each array into its part of every feed (the module docstring's rule)."""
+    by_name = {s.name: s for s in specs}
+    if set(arrays) != set(by_name):
+        return [arrays]  # names that do not match: reported for the file as a whole
+    pieces = {k: _pieces(path, k, a, by_name[k]) for k, a in arrays.items()}
+    counts = {len(p) for p in pieces.values() if p is not None}
+    if len(counts) > 1:
+        raise InputError(f"{path}: arrays give different feed counts: " + ", ".join(
+            f"{k}{list(a.shape)} -> {len(pieces[k])}" for k, a in arrays.items() if pieces[k] is not None)
+            + " (first axis = samples, split by the model's batch size)")
+    n = counts.pop() if counts else 1
     if n == 0:
         raise InputError(f"{path}: holds zero samples")
-    return [{k: a[i] for k, a in arrays.items()} for i in range(n)]
+    return [{k: (a if pieces[k] is None else pieces[k][i]) for k, a in arrays.items()} for i in range(n)]
+
+
+def _pieces(path: Path, name: str, array: np.ndarray, spec: InputSpec) -> list[np.ndarray] | None:
+    """This input's part of each feed; None: the whole array goes into every feed (a rank-0
+    array, or one of a rank the model does not take, which validation then reports)."""
+    rank = len(spec.shape) if spec.shape is not None else array.ndim
+    if array.ndim == rank + 1:
+        return list(array)  # a stack of whole feeds
+    if array.ndim == 0 or array.ndim != rank:
+        return None
+    first = spec.shape[0] if spec.shape is not None else None
+    batch = first if isinstance(first, int) and first > 0 else 1
+    count, rest = divmod(array.shape[0], batch)
+    if rest:
+        raise InputError(f"{path}: input '{name}' holds {array.shape[0]} samples, not a multiple of the "
+                         f"model's batch size {batch} (its first dim)")
+    return [array[i * batch:(i + 1) * batch] for i in range(count)]
 
 
 def validate_feed(feed: Feed, specs: list[InputSpec], where: str) -> None:
@@ -226,8 +302,10 @@ def _fmt(shape: tuple) -> str:
 
 
 def split_holdout(feeds: list[Feed], fraction: float = 0.25) -> tuple[list[Feed], list[Feed]]:
-    """Calibration part and held-out part (held-out gets at least one feed if there are two)."""
+    """Calibration part and held-out part: the last `fraction` of the feeds (at least one) is held
+    out. Fewer than two feeds leave nothing to hold out: refused, never reused as held-out."""
     if len(feeds) < 2:
-        return feeds, feeds
-    n_hold = max(1, int(round(len(feeds) * fraction)))
+        raise InputError(f"--calib gives {len(feeds)} feed{'' if len(feeds) == 1 else 's'}; give at least 2 "
+                         "(one is held out for verification) or --data")
+    n_hold = min(len(feeds) - 1, max(1, int(round(len(feeds) * fraction))))
     return feeds[:-n_hold], feeds[-n_hold:]

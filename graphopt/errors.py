@@ -2,8 +2,11 @@
 
 `InputError` (exit 2): the user gave something unusable (a file that is not ONNX, a
 missing external-data file, an unknown pass, a malformed option, feeds that do not
-match the model). `VerificationError` (exit 1): a pass or the whole run broke the
-equivalence or accuracy budget the user asked for. Anything else is a bug in graphopt.
+match the model, a malformed tensor, an argument out of range, a model that fails the ONNX
+checker). `VerificationError` (exit 1): a pass or the whole run broke the equivalence or
+accuracy budget the user asked for. Anything else is a bug in graphopt: the CLI exits 3 and
+asks for a rerun with --debug and a report. Every input-caused failure must be an InputError
+(one readable line), so exit 3 never means "your file is bad".
 """
 
 from __future__ import annotations

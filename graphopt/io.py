@@ -2,16 +2,14 @@
 
 Paths are loaded with onnx_ir, which memory-maps external data instead of reading it, so
 models over 2 GB never become one protobuf in memory. Saving is atomic: the model (and
-its external data, if any) is written into a temporary directory next to the target and
-renamed into place only after the write succeeded, so a failed or interrupted save never
-leaves a half-written file and never touches the input.
+its external data, if any) is staged next to the target and renamed into place only after
+the write succeeded (graphopt.transaction, which a run shares with its reports), so a failed
+or interrupted save never leaves a half-written file and never touches the input.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ from google.protobuf.message import DecodeError
 
 from graphopt import sparse_storage
 from graphopt.errors import InputError
+from graphopt.transaction import Transaction, name_max
+from graphopt.tensor_checks import check_sparse_proto, check_tensors
 
 # Models whose weights exceed this are saved with external data (protobuf's hard cap is 2 GB).
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
@@ -41,18 +41,31 @@ class LoadedModel:
 def load_model(source: Any) -> LoadedModel:
     """Load a path, `onnx.ModelProto`, `onnx_ir.Model` or `gs.Graph` into the IR."""
     if isinstance(source, ir.Model):
+        check_tensors(source, "model")
         return LoadedModel(source, "ir")
     if isinstance(source, onnx.ModelProto):
-        return LoadedModel(ir.serde.deserialize_model(source), "proto")
+        check_sparse_proto(source, "model")
+        model = _deserialize(source, "model")
+        check_tensors(model, "model")
+        return LoadedModel(model, "proto")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return LoadedModel(load_path(path), "path", path)
     if type(source).__name__ == "Graph" and type(source).__module__.startswith("onnx_graphsurgeon"):
         import onnx_graphsurgeon as gs
 
-        return LoadedModel(ir.serde.deserialize_model(gs.export_onnx(source)), "gs")
+        model = _deserialize(gs.export_onnx(source), "graph")
+        check_tensors(model, "graph")
+        return LoadedModel(model, "gs")
     raise InputError(f"cannot load a model from {type(source).__name__}: expected a path, "
                      "onnx.ModelProto, onnx_ir.Model or onnx_graphsurgeon.Graph")
+
+
+def _deserialize(proto: onnx.ModelProto, where: str) -> ir.Model:
+    try:
+        return ir.serde.deserialize_model(proto)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"{where}: not a valid ONNX model ({_load_failure(exc)})") from None
 
 
 def load_path(path: Path) -> ir.Model:
@@ -71,9 +84,21 @@ def load_path(path: Path) -> ir.Model:
         raise InputError(f"{path}: not a valid ONNX model (parsed, but holds no graph)")
     check_versions(model, path)
     if sparse_storage.has_dangling_inputs(model):  # onnx_ir drops sparse_initializer: densify them
-        model = sparse_storage.load_densified(path)
+        model = _load_densified(path)
+    check_tensors(model, str(path))  # before anything decodes or maps tensor data
     check_external_data(model, path)
     materialize_embedded_tensors(model)
+    return model
+
+
+def _load_densified(path: Path) -> ir.Model:
+    """The model with its main graph's sparse initializers made dense (indices checked first);
+    external data stays unread, resolved against the model's directory as `ir.load` does."""
+    proto = onnx.load(str(path), load_external_data=False)
+    check_sparse_proto(proto, str(path))
+    sparse_storage.densify_proto(proto)
+    model = _deserialize(proto, str(path))
+    ir.external_data.set_base_dir(model.graph, os.path.dirname(path))
     return model
 
 
@@ -146,7 +171,7 @@ def check_external_data(model: ir.Model, path: Path) -> None:
                 raise InputError(f"{path}: external data file '{tensor.location}' for tensor "
                                  f"'{tensor.name}' not found next to the model")
             sizes[key] = data_path.stat().st_size
-        end = tensor.offset + (tensor.length if tensor.length is not None else tensor.nbytes)
+        end = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
         if end > sizes[key]:
             raise InputError(f"{path}: external data file '{tensor.location}' is too short for "
                              f"tensor '{tensor.name}' (needs {end} bytes, has {sizes[key]})")
@@ -198,27 +223,37 @@ def weight_bytes(model: ir.Model) -> int:
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
-    """Write `model` to `path` atomically; weights go to `<name>.data` when large.
-
-    `external_data=None` decides by size (over 1 GB of weights, or any external tensor in
-    the model, means external data). Returns the written path.
-    """
+    """Write `model` to `path` atomically; weights go to `<name>.data` when large (`external_data=None`
+    decides by `uses_external_data`). Returns the written path."""
     target = Path(path)
-    if external_data is None:
-        external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or any(
-            True for _ in _external_tensors(model))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        data_name = f"{target.name}.data" if external_data else None
-        write_to_dir(model, staging / target.name, data_name)
-        if data_name:
-            os.replace(staging / data_name, target.parent / data_name)
-        os.replace(staging / target.name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        release_mappings(model)
+    with Transaction() as txn:
+        stage_model(txn, model, target, external_data)
+        txn.commit()
     return target
+
+
+def uses_external_data(model: ir.Model) -> bool:
+    """Whether a save writes `<name>.data`: over 1 GB of weights, or any external tensor."""
+    return weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or any(True for _ in _external_tensors(model))
+
+
+def external_data_files(model: ir.Model) -> set[Path]:
+    """The files the model's external tensors read (locations resolved against their base dirs)."""
+    return {Path(tensor.path) for tensor in _external_tensors(model)}
+
+
+def stage_model(txn: Transaction, model: ir.Model, target: Path, external_data: bool | None = None) -> None:
+    """Write `model` into `txn`'s staging; it appears at `target` (with `<name>.data`) on commit."""
+    if external_data is None:
+        external_data = uses_external_data(model)
+    data_name = f"{target.name}.data" if external_data else None
+    staged = txn.stage(target)
+    try:
+        write_to_dir(model, staged, data_name)
+    finally:
+        release_mappings(model)
+    if data_name and (staged.parent / data_name).exists():
+        txn.stage(target.parent / data_name)  # written where the transaction stages it
 
 
 def write_to_dir(model: ir.Model, path: Path, data_name: str | None) -> None:
@@ -228,9 +263,33 @@ def write_to_dir(model: ir.Model, path: Path, data_name: str | None) -> None:
             sparse_storage.save_sparse(model, path)
         else:
             ir.save(model, path)
+    elif len(os.fsencode(data_name)) + 10 > name_max(path.parent):  # onnx_ir's temp ".<name>.XXXXXXXX"
+        _save_relocated(model, path, data_name)
     else:
         ir.save(model, path, external_data=data_name,
                 size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES, alignment=65536)
+
+
+def _save_relocated(model: ir.Model, path: Path, data_name: str) -> None:
+    """Save with a short data file name, then rename the file to `data_name` and point the
+    locations at it: for a name too long for onnx_ir's temporary directory."""
+    short = "weights.data" if path.name != "weights.data" else "w.data"
+    ir.save(model, path, external_data=short, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES, alignment=65536)
+    proto = onnx.load_model(str(path), load_external_data=False)
+    for tensor in _proto_initializers(proto.graph):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == short:
+                entry.value = data_name
+    onnx.save_model(proto, str(path))
+    if (path.parent / short).exists():
+        os.replace(path.parent / short, path.parent / data_name)
+
+
+def _proto_initializers(graph: onnx.GraphProto):
+    yield from graph.initializer  # onnx_ir writes initializers (of every graph) as external data
+    for attr in (a for node in graph.node for a in node.attribute):
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            yield from _proto_initializers(sub)
 
 
 def to_kind(model: ir.Model, loaded: LoadedModel) -> Any:

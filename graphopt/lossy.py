@@ -3,24 +3,34 @@
 The run's budget is measured on held-out feeds against the *input* model's outputs (the
 manager computes those once). A lossy pass asks `Evaluator.measure(candidate)` for the
 metrics of a candidate, and `Evaluator.fits(candidate, budget)` whether it meets a budget.
+The evaluator infers once what each output is (graphopt.output_kinds) from that reference, so
+every candidate is judged by the same task metrics (graphopt.tolerance: worst-sample cosine,
+per-position top-1 on class scores, ...).
 
 Several lossy passes in one run (the `compress` recipe) split the budget: a pass with share s
 may spend the fraction s of what is left, measured from the model it received. For a
 "higher is better" metric m with limit L and current value m0 the pass's own floor is
 m0 - s·(m0 - L); for max_abs (lower is better) the ceiling is m0 + s·(L - m0).
+
+`budget_statement` says, per budget entry and output, which statistic judged it, over how many
+held-out samples (and positions), and which inferred class-score outputs an explicit budget
+leaves without a top-1 bound; `check_run_budget` logs those as warnings once per run.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.metrics import OutputMetrics, compare_outputs
+from graphopt.metrics import OutputMetrics, compare_outputs, json_float
+from graphopt.output_kinds import OutputKind, infer_kinds
 from graphopt.runtime import run_model
-from graphopt.tolerance import BUDGET_METRICS, DEFAULT_BUDGET, Budget
+from graphopt.tolerance import BUDGET_METRICS, DEFAULT_BUDGET, TOP1_METRICS, Budget, judged_value, split_key
 
 Feed = dict[str, np.ndarray]
 
@@ -31,11 +41,14 @@ def effective_budget(budget: Budget) -> Budget:
 
 
 def worst(metrics: dict[str, OutputMetrics], metric: str) -> float:
-    """Worst value of `metric` over outputs (min for higher-is-better, max for max_abs)."""
-    values = [getattr(m, metric) for m in metrics.values() if getattr(m, metric) is not None]
+    """Worst judged value of `metric` over outputs (min for higher-is-better, max for max_abs);
+    an 'OUTPUT:METRIC' key reads that output only."""
+    output, name = split_key(metric)
+    chosen = [m for out, m in metrics.items() if output in (None, out)]
+    values = [v for m in chosen if (v := judged_value(m, name)) is not None]
     if not values:
         return float("nan")
-    return min(values) if BUDGET_METRICS[metric] == "min" else max(values)
+    return min(values) if BUDGET_METRICS[name] == "min" else max(values)
 
 
 def budget_share(budget: Budget, current: dict[str, OutputMetrics], share: float) -> Budget:
@@ -46,7 +59,8 @@ def budget_share(budget: Budget, current: dict[str, OutputMetrics], share: float
     for metric, limit in budget.limits.items():
         now = worst(current, metric)
         if not np.isfinite(now):
-            now = {"cosine": 1.0, "top1": 1.0, "top1_dist": 1.0, "max_abs": 0.0}.get(metric, limit + 60.0)
+            now = {"cosine": 1.0, "top1": 1.0, "top1_dist": 1.0, "max_abs": 0.0}.get(split_key(metric)[1],
+                                                                                       limit + 60.0)
         limits[metric] = now - share * (now - limit) if BUDGET_METRICS[metric] == "min" \
             else now + share * (limit - now)
     return Budget(limits)
@@ -66,8 +80,13 @@ class Evaluator:
             raise InputError("no held-out feeds to measure the accuracy budget on")
         return cls(list(feeds), run_model(model, list(feeds)))
 
+    @cached_property
+    def kinds(self) -> dict[str, OutputKind]:
+        """What each output is, inferred once from the reference (graphopt.output_kinds)."""
+        return infer_kinds(self.reference, self.feeds)
+
     def measure(self, model: ir.Model) -> dict[str, OutputMetrics]:
-        return compare_outputs(self.reference, run_model(model, self.feeds))
+        return compare_outputs(self.reference, run_model(model, self.feeds), self.kinds)
 
     def fits(self, model: ir.Model, budget: Budget) -> tuple[bool, dict[str, OutputMetrics]]:
         metrics = self.measure(model)
@@ -82,3 +101,64 @@ def summarize(metrics: dict[str, OutputMetrics]) -> dict[str, float]:
         if np.isfinite(value):
             out[metric] = float(value)
     return out
+
+
+STATISTICS = {"cosine": "worst-sample cosine", "snr_db": "worst-sample SNR (dB)",
+              "max_abs": "max abs error over all elements"}
+
+
+def _statistic(metric: str, m: OutputMetrics) -> str:
+    if metric not in TOP1_METRICS:
+        return STATISTICS[metric]
+    if m.top1_dist is None:
+        return "row-wise top-1 agreement"
+    return "per-position top-1 agreement" if m.positions > m.samples else "per-sample top-1 agreement"
+
+
+def budget_statement(budget: Budget, metrics: dict[str, OutputMetrics], explicit: bool) -> dict:
+    """For the report: each entry per output, with the statistic that judged it, its value and
+    the number of held-out samples (and positions); the class-score outputs left uncovered."""
+    entries = []
+    for key, limit in budget.limits.items():
+        output, metric = split_key(key)
+        for name, m in metrics.items():
+            value = judged_value(m, metric) if output in (None, name) else None
+            if value is None:
+                continue
+            bound = ">=" if BUDGET_METRICS[metric] == "min" else "<="
+            ok = value >= limit if bound == ">=" else value <= limit
+            entry = {"entry": f"{key}{bound}{limit:g}", "output": name, "statistic": _statistic(metric, m),
+                     "value": json_float(float(value)), "ok": bool(ok), "samples": m.samples}
+            if metric in TOP1_METRICS:
+                entry["positions"] = m.positions
+            entries.append(entry)
+    return {"source": "--budget" if explicit else "default", "entries": entries,
+            "uncovered": uncovered(budget, metrics) if explicit else [],
+            "kinds": {name: m.kind for name, m in metrics.items()}}
+
+
+def uncovered(budget: Budget, metrics: dict[str, OutputMetrics]) -> list[str]:
+    """Inferred class-score outputs (top1_dist defined) that no top1/top1_dist entry bounds."""
+    return [_uncovered_line(budget, name, m.kind) for name, m in metrics.items()
+            if m.top1_dist is not None and not budget.bounds_top1(name)]
+
+
+def _uncovered_line(budget: Budget, name: str, kind: str) -> str:
+    given = " ".join(f"{k}={v:g}" for k, v in budget.limits.items())
+    return (f"--budget {given} sets no top-1 bound on output '{name}' ({kind}): its classes may change "
+            f"while the budget holds; add --budget {name}:top1=0.999 (or top1=...)")
+
+
+def check_run_budget(budget: Budget, reference: list[Feed] | None, feeds: list[Feed],
+                     logger: logging.Logger) -> list[str]:
+    """Once per run, before any pass: InputError for an entry naming an unknown output, and a
+    logged warning per inferred class-score output an explicit budget leaves without top-1 bound."""
+    if not budget.limits or not reference:
+        return []
+    kinds = infer_kinds(reference, feeds)
+    budget.check_outputs(kinds)
+    lines = [_uncovered_line(budget, name, kind.label()) for name, kind in kinds.items()
+             if kind.class_scores and not budget.bounds_top1(name)]
+    for line in lines:
+        logger.warning(line)
+    return lines

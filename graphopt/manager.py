@@ -8,6 +8,9 @@ of the input model, under the pass's tolerance class) and the on-fail policy dec
 `rollback` keeps the pre-pass model, `fail` stops the run, `warn` keeps the candidate.
 With `verify="end"`, only the final model is checked and, on failure, the pass list is
 bisected to find the first pass that breaks it, which is then dropped.
+Growth is checked after every pass that changed something, whatever --verify says (it reads no
+data): output constant data beyond what the pass declares (graphopt/size.py) is a failure
+"grew the weights by X MB, declared Y MB" under the same on-fail policy.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from typing import Any, Callable
 
 import onnx_ir as ir
 
-from graphopt.bench import BenchConfig, bench_model
+from graphopt.bench import BenchConfig, bench_model, bench_pair
 from graphopt.errors import InputError, VerificationError
 from graphopt.io import release_mappings
+from graphopt.lossy import check_run_budget
 from graphopt.pass_api import Feed, Pass, PassContext, PassResult, structure_fingerprint, types_fingerprint
-from graphopt.size import ModelSize, model_size
+from graphopt.size import ModelSize, data_bytes, growth_problem, model_size
 from graphopt.tolerance import Budget, Exact, Lossy, Reassoc, Tolerance
 from graphopt.verify import Verdict, structural_problems, verify_candidate
 
@@ -64,6 +68,7 @@ class RunResult:
     after: ModelSize
     final: Verdict | None = None
     baseline_bench: dict[str, Any] | None = None
+    final_vs_input: dict[str, Any] | None = None  # bench.bench_pair: input and final timed side by side
 
 
 Progress = Callable[[str], None]
@@ -89,6 +94,7 @@ class PassManager:
             self.reference = reference if reference is not None else self._reference(model)
             self.previous = previous if previous is not None else self.reference
             self.known_problems = frozenset(structural_problems(model))
+            check_run_budget(self.config.budget, self.reference, self.feeds, self.ctx.logger)
         self.ctx.holdout, self.ctx.reference = list(self.feeds), self.reference
         if self.ctx.progress is None:
             self.ctx.progress = self.progress
@@ -96,6 +102,7 @@ class PassManager:
         original = model.clone() if self.config.verify == "end" else None
         before = model_size(model)
         baseline = self._bench(model, "input model") if self.config.bench else None
+        input_model = model.clone() if self.config.bench else None  # tensors shared; passes never write them
         records = []
         for i, p in enumerate(self.passes, 1):
             self.progress(f"[{i}/{len(self.passes)}] {p.name}")
@@ -105,7 +112,8 @@ class PassManager:
         if self.config.verify == "end":
             model, final = self._verify_end(original, model, records)
         final = self._check_budget(model, records) or final
-        return RunResult(model, records, before, model_size(model), final, baseline)
+        pair = self._bench_pair(input_model, model) if self.config.bench else None
+        return RunResult(model, records, before, model_size(model), final, baseline, pair)
 
     def _reference(self, model: ir.Model) -> list[Feed]:
         from graphopt.verify import reference_outputs
@@ -124,24 +132,28 @@ class PassManager:
             return model, record
         backup, failure, raised, verdict = model.clone(), None, False, None
         fingerprints = (structure_fingerprint(model), types_fingerprint(model))
+        bytes_before = data_bytes(model)
         start = time.perf_counter()
         try:
             result = p.run(model, self.ctx)
             record.stats = dict(result.stats)
             failure = self._silent_change(result, fingerprints, record, verify)
-            if result.modified and (raised := legalize_ir_version(result.model)):
-                record.stats["ir_version"] = raised
+            if result.modified:
+                failure = growth_problem(bytes_before, data_bytes(result.model), p.declared_growth(record.stats))
+            if result.modified and (ir_raised := legalize_ir_version(result.model)):
+                record.stats["ir_version"] = ir_raised  # (`raised` says whether the pass raised)
         except InputError:
             raise
         except Exception as exc:  # a pass bug must not leave a half-rewritten model
             failure, raised, result = f"raised {type(exc).__name__}: {exc}", True, None
         record.seconds = time.perf_counter() - start
         release_mappings(result.model if result is not None else model)  # don't keep read weights resident
-        if result is not None and result.modified and verify:
+        if result is not None and result.modified and verify and (failure is None or self.config.on_fail == "warn"):
             verdict = verify_candidate(result.model, self.feeds, self.previous, p.tolerance,
                                        self.config.budget, self.known_problems, self.reference)
             record.verify = verdict.summary()
-            failure = None if verdict.ok else "; ".join(verdict.problems)
+            if not verdict.ok:  # after a growth failure (kept under warn) both are reported
+                failure = "; ".join(([failure] if failure else []) + verdict.problems)
         record.error = failure
         if failure is not None and self.config.on_fail == "fail":
             raise VerificationError(f"pass '{p.name}' failed verification: {failure}")
@@ -177,6 +189,10 @@ class PassManager:
             if problems:
                 return "reported no change but left value types/shapes the checker rejects: " + "; ".join(problems)
         return None
+
+    def _bench_pair(self, input_model: ir.Model, model: ir.Model) -> dict[str, Any]:
+        self.progress("benchmarking the input and the final model side by side")
+        return bench_pair(input_model, model, self.feeds[0], self.config.bench)
 
     def _bench(self, model: ir.Model, label: str) -> dict[str, Any]:
         self.progress(f"benchmarking {label}")

@@ -1,11 +1,23 @@
 """Per-output comparison metrics between a reference and a candidate run.
 
-cosine similarity, max / mean absolute error, max ulp distance, SNR in dB
-(10·log10(Σref² / Σ(ref−cand)²)) and top-1 agreement for [batch, classes] outputs and for
-N-D softmax outputs ([N, T, C]: argmax over the last axis, agreement per position).
-`top1_dist` is top-1 agreement only where the reference is a probability distribution over the
-last axis (values in [0, 1] summing to 1): a class or per-position softmax, never an embedding;
-the default budget holds it at 0.999 (a CTC recognizer's strings change while cosine stays high).
+Whole-tensor statistics over all feeds: cosine similarity, max / mean absolute error, max ulp
+distance, SNR in dB (10·log10(Σref² / Σ(ref−cand)²)).
+
+Per-sample statistics (a sample = one entry of the output's sample axis, graphopt.output_kinds):
+`sample_cosine` and `sample_snr_db` are the worst sample's cosine and SNR. One aggregate over the
+whole tensor hides a sample that moved a lot among many that did not; the accuracy budget judges
+cosine and snr_db by these (graphopt.tolerance). A sample whose reference is all zeros has cosine
+1 if its candidate is zero too, else 0.
+
+Top-1 agreement (argmax over the last axis, fraction of positions where it is unchanged):
+- `top1`: on inferred class-score outputs (per sample [N, C], or per position [N, T, C] /
+  [T, N, C]: probabilities, log-probabilities or logits), and row-wise on any other float
+  [N, C] output (its meaning before output kinds, kept for existing budgets);
+- `top1_dist`: the same number, only on inferred class-score outputs (None elsewhere): the one
+  the default budget holds, because a CTC head's per-position classes (hence its decoded
+  strings) can change while cosine stays high, softmaxed or not. (It was named for probability
+  distributions; logits and log-probabilities count now too.)
+- `sample_top1`: the worst sample's per-position agreement (report only).
 """
 
 from __future__ import annotations
@@ -13,6 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+
+from graphopt.output_kinds import OutputKind, infer_kinds, squeeze_trailing
 
 
 @dataclass(frozen=True)
@@ -25,13 +39,19 @@ class OutputMetrics:
     ref_max_abs: float
     top1: float | None = None
     shape_match: bool = True
-    top1_dist: float | None = None  # top1, only where the output is a probability distribution
+    top1_dist: float | None = None  # top1, only on inferred class-score outputs
+    sample_cosine: float | None = None  # worst sample's cosine (None: not computed)
+    sample_snr_db: float | None = None  # worst sample's SNR
+    sample_top1: float | None = None  # worst sample's top-1 agreement (class scores)
+    samples: int = 0  # held-out samples the per-sample statistics ran over
+    positions: int = 0  # positions top-1 agreement ran over
+    kind: str = ""  # the inferred output kind (OutputKind.label)
 
     def to_dict(self) -> dict:
-        return {k: _json_float(v) for k, v in asdict(self).items()}
+        return {k: json_float(v) for k, v in asdict(self).items()}
 
 
-def _json_float(value):
+def json_float(value):
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     return value
@@ -40,7 +60,8 @@ def _json_float(value):
 def shape_mismatch() -> OutputMetrics:
     """Worst-case metrics for an output whose shape changed (or that went missing)."""
     inf = float("inf")
-    return OutputMetrics(inf, inf, -1.0, -inf, inf, 0.0, 0.0, shape_match=False, top1_dist=0.0)
+    return OutputMetrics(inf, inf, -1.0, -inf, inf, 0.0, 0.0, shape_match=False, top1_dist=0.0,
+                         sample_cosine=-1.0, sample_snr_db=-inf, sample_top1=0.0)
 
 
 def compare_arrays(ref: np.ndarray, cand: np.ndarray) -> OutputMetrics:
@@ -162,45 +183,85 @@ def _top1(ref: list[np.ndarray], cand: list[np.ndarray]) -> float | None:
         return None
     rows = sum(r.shape[0] for r in ref)
     agree = sum(int(np.sum(np.argmax(r, axis=1) == np.argmax(c, axis=1))) for r, c in zip(ref, cand))
-    return agree / rows if rows else float("nan")
-
-
-def _is_distribution(array: np.ndarray) -> bool:
-    """Probabilities over the last axis (a softmax output: values in [0, 1] summing to 1)."""
-    if array.ndim < 2 or array.shape[-1] < 2 or array.dtype.kind != "f" or not array.size:
-        return False
-    sums = array.sum(axis=-1, dtype=np.float64)
-    return bool(array.min() >= 0 and array.max() <= 1 + 1e-6 and np.allclose(sums, 1.0, atol=1e-3))
-
-
-def _sequence_top1(ref: list[np.ndarray], cand: list[np.ndarray]) -> float | None:
-    """Top-1 agreement per position of N-D softmax outputs ([N, T, C]: a CTC recognizer, a
-    token classifier), over all feeds; None for anything else (2-D outputs use `_top1`)."""
-    if not ref or any(r.ndim < 3 for r in ref) or not all(_is_distribution(r) for r in ref):
-        return None
-    agree = sum(int(np.sum(np.argmax(r, axis=-1) == np.argmax(c, axis=-1))) for r, c in zip(ref, cand))
-    return agree / sum(r[..., 0].size for r in ref)
+    return agree / rows if rows else 1.0  # nothing to disagree on
 
 
 def compare_outputs(ref: list[dict[str, np.ndarray]], cand: list[dict[str, np.ndarray]],
-                    ) -> dict[str, OutputMetrics]:
-    """Metrics per output name, over all feeds (arrays concatenated along a new axis)."""
+                    kinds: dict[str, OutputKind] | None = None) -> dict[str, OutputMetrics]:
+    """Metrics per output name, over all feeds; `kinds` (graphopt.output_kinds) say what each
+    output is and where its samples are (inferred from `ref` alone when not given)."""
+    kinds = infer_kinds(ref) if kinds is None else kinds
     names = list(ref[0].keys()) if ref else []
     result = {}
     for name in names:
         r = [feed[name] for feed in ref]
         c = [feed.get(name) for feed in cand]
+        kind = kinds.get(name) or OutputKind()
         if any(x is None or x.shape != y.shape for x, y in zip(c, r)):
-            result[name] = shape_mismatch()
+            result[name] = replace(shape_mismatch(), kind=kind.label())
             continue
         float_output = all(x.dtype.kind in "fc" for x in r)
-        result[name] = _compare_float(r, c) if float_output else compare_arrays(_stack(r), _stack(c))
-        sequence_top1 = _sequence_top1(r, c)
-        if sequence_top1 is not None:
-            result[name] = replace(result[name], top1=sequence_top1)
-        if result[name].top1 is not None and all(_is_distribution(x) for x in r):
-            result[name] = replace(result[name], top1_dist=result[name].top1)
+        base = _compare_float(r, c) if float_output else compare_arrays(_stack(r), _stack(c))
+        result[name] = replace(base, kind=kind.label(), **_per_sample(r, c, kind, base),
+                               **_class_agreement(r, c, kind, base.top1))
     return result
+
+
+def _class_agreement(ref: list[np.ndarray], cand: list[np.ndarray], kind: OutputKind,
+                     rows_top1: float | None) -> dict:
+    """top1 / top1_dist / sample_top1 / positions (module docstring)."""
+    if not kind.class_scores:
+        return {"top1": rows_top1, "top1_dist": None}
+    agree, positions, worst = 0, 0, 1.0
+    for r, c in zip(ref, cand):
+        same = np.argmax(squeeze_trailing(r), axis=-1) == np.argmax(squeeze_trailing(c), axis=-1)
+        agree, positions = agree + int(np.sum(same)), positions + same.size
+        rows = _sample_rows(same, kind.sample_axis)
+        if rows.size:
+            worst = min(worst, float(np.min(np.mean(rows, axis=1))))
+    top1 = agree / positions if positions else 1.0  # nothing to disagree on
+    return {"top1": top1, "top1_dist": top1, "sample_top1": worst, "positions": positions}
+
+
+def _sample_rows(array: np.ndarray, axis: int | None) -> np.ndarray:
+    """[samples, rest]: one row per sample (the whole array when there is no sample axis)."""
+    moved = array.reshape(1, -1) if axis is None or axis >= array.ndim else np.moveaxis(array, axis, 0)
+    return moved.reshape(moved.shape[0], -1) if moved.size else np.zeros((moved.shape[0], 0), array.dtype)
+
+
+def _per_sample(ref: list[np.ndarray], cand: list[np.ndarray], kind: OutputKind,
+                base: OutputMetrics) -> dict:
+    """Worst-sample cosine and SNR; the whole-tensor ones for string and complex outputs."""
+    if any(x.dtype.kind not in "fiub" for x in ref):
+        return {"sample_cosine": base.cosine, "sample_snr_db": base.snr_db, "samples": len(ref)}
+    cosines, snrs = [], []
+    for r, c in zip(ref, cand):
+        sums = _row_sums(_sample_rows(r, kind.sample_axis), _sample_rows(c, kind.sample_axis))
+        cosines += [_cosine(d, rs, cs) for d, rs, cs, _ in sums.T]
+        snrs += [_snr_db(rs, nz) if np.isfinite(nz) else float("-inf") for _, rs, _, nz in sums.T]
+    if not cosines:
+        return {"sample_cosine": 1.0, "sample_snr_db": float("inf"), "samples": 0}
+    return {"sample_cosine": min(cosines), "sample_snr_db": min(snrs), "samples": len(cosines)}
+
+
+def _row_sums(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """[4, rows]: Σref·cand, Σref², Σcand², Σ(ref−cand)² per row, in float64 blocks of about
+    CHUNK elements; NaN where both have NaN counts as equal (as in the whole-tensor sums)."""
+    rows, length = ref.shape
+    sums = np.zeros((4, rows))
+    step_rows, step_cols = max(1, CHUNK // max(length, 1)), max(1, min(length, CHUNK))
+    for i in range(0, rows, step_rows):
+        for j in range(0, length, step_cols):
+            a = ref[i:i + step_rows, j:j + step_cols].astype(np.float64)
+            b = cand[i:i + step_rows, j:j + step_cols].astype(np.float64)
+            both_nan = np.isnan(a) & np.isnan(b)
+            if both_nan.any():
+                a[both_nan], b[both_nan] = 0.0, 0.0
+            delta = a - b
+            sums[:, i:i + step_rows] += np.stack([np.einsum("ij,ij->i", a, b), np.einsum("ij,ij->i", a, a),
+                                                  np.einsum("ij,ij->i", b, b),
+                                                  np.einsum("ij,ij->i", delta, delta)])
+    return sums
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:

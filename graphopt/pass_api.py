@@ -189,6 +189,14 @@ class Pass(abc.ABC):
         ctx.no_match(self.name, "model", reason)
         return PassResult(model, False, {"skipped": reason})
 
+    def declared_growth(self, stats: dict[str, Any]) -> int:
+        """Bytes of constant data (`graphopt.size.data_bytes`) this run may add: the `bytes_added`
+        its stats report (folding, fusion, opset, lifting), else 0: a pass that reports none
+        (pruning, low rank, quantization) must not grow the weights. The manager rolls back a
+        pass whose output grows beyond this (plus a small slack for scales and shapes)."""
+        added = stats.get("bytes_added", 0)
+        return max(int(added), 0) if isinstance(added, (int, float)) else 0
+
     def describe_options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
 

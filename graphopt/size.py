@@ -1,4 +1,13 @@
-"""Cheap size summary of a model (node count, parameters, weight bytes), read without data."""
+"""Cheap size summary of a model (node count, parameters, weight bytes), read without data, and
+the manager's check against silent growth.
+
+Growth: a pass may add constant data only as far as it declares (`Pass.declared_growth`, the
+`bytes_added` it reports: a BN folded into a weight shared by two Convs gives each its own
+copy). Measured as the change of `data_bytes`, a pass's output may exceed its input by the
+declared bytes plus a slack of max(4 KiB, 1% of the input) for the small constants that
+rewrites write beside weights (Q/DQ scales and zero points, shapes, X/s vectors); beyond that
+the manager treats the pass like a failed verification.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +51,20 @@ def data_bytes(model: ir.Model) -> int:
             elif attr.type in (ir.AttributeType.FLOATS, ir.AttributeType.INTS):
                 total += 8 * len(attr.value)
     return total
+
+
+GROWTH_SLACK_BYTES = 4096
+GROWTH_SLACK_FRACTION = 0.01
+
+
+def growth_problem(before: int, after: int, declared: int) -> str | None:
+    """Why going from `before` to `after` bytes of constant data (`data_bytes`) is more than
+    `declared` allows, or None."""
+    grown = after - before
+    if grown <= max(declared, 0) + max(GROWTH_SLACK_BYTES, GROWTH_SLACK_FRACTION * before):
+        return None
+    return f"grew the weights by {_megabytes(grown)}, declared {_megabytes(max(declared, 0))}"
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.2f} MB" if count >= 10_000 else f"{count / 1e6:.3g} MB"

@@ -3,7 +3,10 @@
 Structural: onnx.checker full check (large tensors stripped first, via onnx_ir's CheckerPass),
 topological order, unique value names, ONNX Runtime loads it. Numeric: run the candidate on
 the run's feeds (ORT, graph optimizations disabled, so the graph is checked as written) and
-compare with reference outputs computed once on the input model.
+compare with reference outputs computed once on the input model. What each output is (class
+scores, embedding, ...; graphopt.output_kinds) is inferred from the input model's outputs, so
+the per-sample and top-1 metrics mean the same for every candidate; a lossy verdict carries the
+budget statement (graphopt.lossy.budget_statement) for the report.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass
 
+from graphopt.lossy import budget_statement
 from graphopt.metrics import OutputMetrics, compare_outputs
+from graphopt.output_kinds import infer_kinds
 from graphopt.runtime import run_model
 from graphopt.tolerance import Budget, Lossy, Tolerance
 
@@ -32,22 +37,31 @@ class Verdict:
     metrics: dict[str, OutputMetrics]
     cumulative: dict[str, OutputMetrics] = field(default_factory=dict)
     outputs: list[Feed] | None = None
+    budget: dict | None = None  # lossy verdicts: graphopt.lossy.budget_statement
 
     def summary(self) -> dict:
         """Worst case over outputs, for the report."""
         if not self.metrics:
             return {"ok": self.ok, "problems": self.problems}
+        extra = {"budget": self.budget} if self.budget is not None else {}
         return {"ok": self.ok, "problems": self.problems, **worst_case(self.metrics),
                 "vs_input": worst_case(self.cumulative or self.metrics),
-                "outputs": {name: m.to_dict() for name, m in self.metrics.items()}}
+                "outputs": {name: m.to_dict() for name, m in self.metrics.items()}, **extra}
 
 
 def worst_case(metrics: dict[str, OutputMetrics]) -> dict:
+    """Whole-tensor statistics (cosine, snr_db, ...) and the per-sample ones the budget judges."""
     ms = list(metrics.values())
-    top1 = [m.top1 for m in ms if m.top1 is not None]
+
+    def lowest(attr: str):
+        values = [getattr(m, attr) for m in ms if getattr(m, attr) is not None]
+        return min(values) if values else None
+
     return {"max_abs": max(m.max_abs for m in ms), "mean_abs": max(m.mean_abs for m in ms),
             "cosine": min(m.cosine for m in ms), "snr_db": min(m.snr_db for m in ms),
-            "max_ulps": max(m.max_ulps for m in ms), "top1": min(top1) if top1 else None}
+            "max_ulps": max(m.max_ulps for m in ms), "top1": lowest("top1"),
+            "top1_dist": lowest("top1_dist"), "sample_cosine": lowest("sample_cosine"),
+            "samples": max(m.samples for m in ms)}
 
 
 def structural_problems(model: ir.Model) -> list[str]:
@@ -119,11 +133,16 @@ def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], t
         outputs = run_model(model, feeds)
     except Exception as exc:
         return Verdict(False, [str(exc)], {})
-    delta = compare_outputs(previous, outputs)
-    cumulative = compare_outputs(reference, outputs) if reference is not None else delta
+    kinds = infer_kinds(reference if reference is not None else previous, feeds)
+    delta = compare_outputs(previous, outputs, kinds)
+    cumulative = compare_outputs(reference, outputs, kinds) if reference is not None else delta
     problems = [f"{name}: output shape changed" for name, m in delta.items() if not m.shape_match]
     problems += tolerance.violations(cumulative if isinstance(tolerance, Lossy) else delta, budget)
-    return Verdict(not problems, problems, delta, cumulative, outputs)
+    statement = None
+    if isinstance(tolerance, Lossy):
+        statement = budget_statement(budget if budget.limits else tolerance.default, cumulative,
+                                     explicit=bool(budget.limits))
+    return Verdict(not problems, problems, delta, cumulative, outputs, statement)
 
 
 def _first_line(exc: Exception) -> str:

@@ -71,7 +71,8 @@ def test_candidates_with_the_same_prefix_share_its_run(monkeypatch, tmp_path):
         return original(self, model, reference, previous)
 
     monkeypatch.setattr(PassManager, "run", counting_run)
-    result = optimize("models/default.onnx", None, recipe="auto", budget={"cosine": 0.9}, bench_runs=5)
+    result = optimize("models/default.onnx", None, recipe="auto", budget={"cosine": 0.9}, bench_runs=5,
+                      calib="synthetic")
     assert len(runs) == 3 and runs[1:] == [["prune"], ["prune"]]  # the lossless prefix ran once
     tried = {t["name"]: t for t in result.report["auto"]["tried"]}
     assert tried["prune more"]["passes"][-1] == "prune:sparsity=0.3"
@@ -99,7 +100,8 @@ def test_a_combination_is_skipped_when_a_part_did_not_pay(monkeypatch):
         ("int8 minmax", ("quantize:method=minmax;cache_dir=off",), ("int8 percentile",)),
         ("prune", ("prune:sparsity=0.2",), ()),
         ("prune + int8", ("prune:sparsity=0.2", "quantize:cache_dir=off"), ("prune", "int8 percentile"))))
-    result = optimize("models/default.onnx", None, recipe="auto", budget={"cosine": 0.9}, bench_runs=5)
+    result = optimize("models/default.onnx", None, recipe="auto", budget={"cosine": 0.9}, bench_runs=5,
+                      calib="synthetic")
     tried = {t["name"]: t for t in result.report["auto"]["tried"]}
     assert [n for n, t in tried.items() if t["skipped"]] == ["int8 minmax", "prune + int8"]
     assert "quantize not applied: int8 measured slower than float" in tried["int8 minmax"]["error"]

@@ -45,7 +45,7 @@ def test_npz_directory_one_feed_each(tmp_path):
 @pytest.mark.parametrize("arrays, message", [
     ({"y": np.ones((2, 4), np.float32)}, r"missing input\(s\) x; unknown name\(s\) y"),
     ({"x": np.ones((2, 4), np.float64)}, "input 'x' expects float32, data has float64"),
-    ({"x": np.ones((2, 5), np.float32)}, r"input 'x' expects shape \[N, 4\], data has shape \[2, 5\]"),
+    ({"x": np.ones((2, 5), np.float32)}, r"input 'x' expects shape \[N, 4\], data has shape \[1, 5\]"),
     ({"x": np.ones((2, 2, 2, 4), np.float32)}, "expects rank 2"),
 ])
 def test_mismatched_data(tmp_path, arrays, message):

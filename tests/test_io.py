@@ -144,3 +144,41 @@ def test_save_does_not_modify_source_file(tmp_path):
     model = gio.load_path(path)
     gio.save_model(model, tmp_path / "copy.onnx")
     assert (file_digest(path), file_digest(tmp_path / "ext.data")) == before
+
+
+def _add_w(w: onnx.TensorProto, sparse=()) -> onnx.ModelProto:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["x", w.name], ["y"])], "g", [x], [y],
+                                   [w] if w.dims else [], sparse_initializer=list(sparse))
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_every_model_kind_gets_its_tensors_checked():
+    """A proto or IR model handed to the API is checked like a file: one InputError naming the tensor."""
+    w = onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "w")
+    w.raw_data = b"\0" * 12
+    with pytest.raises(InputError, match=r"^model: initializer 'w': raw data holds 12 bytes, its shape \[1, 4\]"):
+        gio.load_model(_add_w(w))
+    model = ir.serde.deserialize_model(_add_w(onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "w")))
+    model.graph.initializers["w"].const_value = ir.ExternalTensor("", offset=0, length=16, dtype=ir.DataType.FLOAT,
+                                                                  shape=ir.Shape([1, 4]), name="w", base_dir="")
+    with pytest.raises(InputError, match=r"^model: initializer 'w': external data without a location"):
+        gio.load_model(model)
+
+
+def test_sparse_model_loads_with_external_data_resolved_next_to_it(tmp_path, monkeypatch):
+    """A sparse initializer is densified without reading external data, which still resolves against
+    the model's directory (not the working directory)."""
+    values = onnx.numpy_helper.from_array(np.array([5.0], np.float32), "s")
+    indices = onnx.numpy_helper.from_array(np.array([2], np.int64), "s_idx")
+    sparse = onnx.helper.make_sparse_tensor(values, indices, [1, 4])
+    proto = _add_w(onnx.numpy_helper.from_array(np.full((1, 4), 3.0, np.float32), "w"), [sparse])
+    proto.graph.node.append(onnx.helper.make_node("Add", ["y0", "s"], ["y"]))
+    proto.graph.node[0].output[0] = "y0"
+    (tmp_path / "m").mkdir()
+    onnx.save(proto, tmp_path / "m" / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)
+    model = gio.load_path(tmp_path / "m" / "m.onnx")
+    assert model.graph.initializers["s"].const_value.numpy().tolist() == [[0, 0, 5, 0]]
+    assert model.graph.initializers["w"].const_value.numpy().tolist() == [[3.0] * 4]

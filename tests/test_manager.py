@@ -103,16 +103,18 @@ def test_verify_end_bisects_to_the_culprit():
 
 
 def test_lossy_pass_judged_by_budget():
-    kept = optimize(models.mlp(), passes=[ScaleOutput(1e-3)], budget=["cosine=0.99", "snr_db=40"])
+    kept = optimize(models.mlp(), passes=[ScaleOutput(1e-3)], budget=["cosine=0.99", "snr_db=40"],
+                    calib="synthetic")
     assert kept.report["passes"][0]["applied"]
     assert kept.report["passes"][0]["verify"]["snr_db"] == pytest.approx(60, abs=0.5)
-    dropped = optimize(models.mlp(), passes=[ScaleOutput(1e-1)], budget=["snr_db=40"])
+    dropped = optimize(models.mlp(), passes=[ScaleOutput(1e-1)], budget=["snr_db=40"], calib="synthetic")
     assert dropped.report["passes"][0]["rolled_back"]
 
 
 def test_final_budget_failure_is_exit_1():
     with pytest.raises(VerificationError, match="misses the accuracy budget.*snr_db"):
-        optimize(models.mlp(), passes=[ScaleOutput(1e-1)], budget=["snr_db=40"], on_fail="warn")
+        optimize(models.mlp(), passes=[ScaleOutput(1e-1)], budget=["snr_db=40"], on_fail="warn",
+                 calib="synthetic")
 
 
 def test_reassoc_tolerance_scales_with_output():
@@ -142,7 +144,7 @@ def test_report_lists_every_pass_with_verify_and_bench():
 def test_exact_pass_is_judged_on_its_own_change_not_inherited_error():
     """After a pass that moved outputs within its tolerance, an exact pass must not be blamed."""
     result = optimize(models.redundant_model(), passes=[ScaleOutput(1e-4), *passes_from_spec_("cleanup")],
-                      budget=["cosine=0.99"])
+                      budget=["cosine=0.99"], calib="synthetic")
     records = {r["name"]: r for r in result.report["passes"]}
     assert records["scale-output"]["applied"]
     assert records["cleanup"]["applied"] and records["cleanup"]["verify"]["max_ulps"] == 0
@@ -266,3 +268,78 @@ def test_builtin_preconditions_are_reported_as_skipped(name, options, model, rea
     assert reason in cls(**options).requires(ir.serde.deserialize_model(model()), PassContext())
     record = optimize(model(), passes=[cls(**options)]).report["passes"][0]
     assert reason in record["skipped"] and not record["applied"]
+
+
+# --- growth: a pass may add only the constant data it declares (issue 19) -------------------
+
+class DuplicateWeight(Pass):
+    """Gives one reader of the largest initializer its own copy (same values, fresh name): the
+    outputs are exact, the weights grow by that tensor. `declare`: it reports the bytes added."""
+
+    name = "duplicate-weight"
+
+    def __init__(self, declare: bool):
+        super().__init__()
+        self.declare = declare
+
+    def run(self, model, ctx):
+        weight = max(model.graph.initializers.values(), key=lambda v: v.const_value.nbytes)
+        node, index = next(iter(weight.uses()))
+        name = ctx.names(model).fresh(f"{weight.name}_copy")
+        copy = ir.Value(name=name, type=weight.type, shape=weight.shape,
+                        const_value=ir.tensor(weight.const_value.numpy().copy(), name=name))
+        model.graph.register_initializer(copy)
+        node.replace_input_with(index, copy)
+        return PassResult(model, True, {"bytes_added": copy.const_value.nbytes} if self.declare else {})
+
+
+@pytest.mark.parametrize("verify", ["each", "end", "off"])
+def test_a_pass_that_silently_grows_the_weights_is_rolled_back(verify):
+    import re
+
+    proto = models.mlp()
+    result = optimize(proto, passes=[DuplicateWeight(declare=False)], verify=verify)
+    record = result.report["passes"][0]
+    assert record["rolled_back"] and not record["applied"]
+    assert re.fullmatch(r"grew the weights by 0\.\d\d MB, declared 0 MB", record["error"])
+    assert len(result.model.graph.initializer) == len(proto.graph.initializer)
+
+
+def test_silent_growth_fails_the_run_under_on_fail_fail():
+    with pytest.raises(VerificationError, match="pass 'duplicate-weight' failed verification: grew the weights"):
+        optimize(models.mlp(), passes=[DuplicateWeight(declare=False)], on_fail="fail")
+
+
+def test_silent_growth_is_kept_with_its_error_under_on_fail_warn():
+    result = optimize(models.mlp(), passes=[DuplicateWeight(declare=False)], on_fail="warn")
+    record = result.report["passes"][0]
+    assert record["applied"] and record["error"].startswith("grew the weights by")
+    assert record["verify"]["ok"]  # still verified (numerics unchanged), so the next pass has a baseline
+
+
+def test_a_pass_that_declares_its_growth_is_kept():
+    proto = models.mlp()
+    result = optimize(proto, passes=[DuplicateWeight(declare=True)])
+    record = result.report["passes"][0]
+    assert record["applied"] and record["error"] is None and record["stats"]["bytes_added"] > 4096
+    assert record["size"]["bytes"] == result.report["model"]["before"]["bytes"] + record["stats"]["bytes_added"]
+
+
+def test_growth_slack_and_message():
+    from graphopt.size import growth_problem
+
+    assert growth_problem(10**6, 10**6 + 4096, 0) is None  # scales and shapes: within max(4 KiB, 1%)
+    assert growth_problem(10**6, 10**6 + 10_000, 0) is None
+    assert growth_problem(10**6, 10**6 + 10_001, 0) == "grew the weights by 0.01 MB, declared 0 MB"
+    assert growth_problem(19 * 10**6, 68 * 10**6, 2 * 10**6) == "grew the weights by 49.00 MB, declared 2.00 MB"
+    assert growth_problem(19 * 10**6, 18 * 10**6, 0) is None
+
+
+def test_the_default_recipe_declares_fusing_a_shared_weight():
+    """The README demo: fuse-bn gives each Conv reading one weight its own fused copy (0.07 -> 0.11
+    MB); it reports that as bytes_added, so the growth check keeps it."""
+    result = optimize(models.build_default())
+    records = {r["name"]: r for r in result.report["passes"]}
+    assert not any(r["error"] for r in result.report["passes"]), [r["error"] for r in result.report["passes"]]
+    fused = records["fuse-bn"]
+    assert fused["applied"] and fused["stats"]["bytes_added"] > 4096

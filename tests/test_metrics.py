@@ -95,7 +95,58 @@ def test_default_budget_sees_a_changed_time_step_that_cosine_misses():
     steps = np.zeros((4, 50, 30), np.float32)
     steps[..., 0] = 8.0  # blank dominates every step, as in a CTC recognizer
     changed = steps.copy()
-    changed[2, 17, 5] = 9.0  # one character appears
+    changed[2, 17, 5] = 8.5  # one character appears (narrowly: the budget's cosine is per sample)
     metrics = compare_outputs([{"y": _softmax(steps)}], [{"y": _softmax(changed)}])
-    assert metrics["y"].cosine > 0.99
+    assert metrics["y"].cosine > metrics["y"].sample_cosine > 0.99
     assert DEFAULT_BUDGET.violations(metrics) == ["y: top1_dist 0.995 vs budget 0.999"]
+
+
+def test_worst_sample_cosine_sees_one_bad_sample_among_many():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(32, 64)).astype(np.float32)
+    cand = ref.copy()
+    cand[5] = -cand[5] * 0.2 + rng.normal(size=64).astype(np.float32)  # one sample ruined
+    got = compare_outputs([{"e": ref}], [{"e": cand}])["e"]
+    assert got.cosine > 0.9 and got.sample_cosine < 0.0 and got.samples == 32
+    assert got.sample_snr_db < got.snr_db
+    fine = compare_outputs([{"e": ref}], [{"e": ref * 1.001}])["e"]
+    assert fine.sample_cosine == pytest.approx(1.0) and fine.sample_snr_db == pytest.approx(60, abs=0.1)
+
+
+def test_samples_of_a_time_major_output_are_on_axis_1():
+    from graphopt.output_kinds import infer_kinds
+
+    ref = np.ones((10, 3, 4), np.float32)  # [T, N, C]
+    cand = ref.copy()
+    cand[:, 1] = -1.0  # sample 1 flipped at every step
+    feeds = [{"x": np.zeros((3, 8), np.float32)}]
+    kinds = infer_kinds([{"y": ref}], feeds)
+    got = compare_outputs([{"y": ref}], [{"y": cand}], kinds)["y"]
+    assert got.samples == 3 and got.sample_cosine == pytest.approx(-1.0)
+    assert compare_outputs([{"y": ref}], [{"y": cand}])["y"].samples == 10  # no feeds: axis 0
+
+
+def test_per_position_top1_on_logits_not_only_on_probabilities():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(-8, 2, (3, 20, 30)).astype(np.float32)
+    winners = rng.integers(0, 30, (3, 20))
+    np.put_along_axis(logits, winners[..., None], 12.0, axis=-1)
+    changed = logits.copy()
+    changed[1, 4, winners[1, 4]] = -12.0  # one position's class changes
+    got = compare_outputs([{"y": logits}], [{"y": changed}])["y"]
+    assert got.top1 == got.top1_dist == pytest.approx(59 / 60) and got.positions == 60
+    assert got.sample_top1 == pytest.approx(19 / 20) and got.cosine > 0.99
+    assert "logits" in got.kind
+
+
+def test_empty_outputs_agree_and_nan_candidates_fail():
+    from graphopt.tolerance import Budget
+
+    empty = compare_outputs([{"p": np.zeros((0, 4), np.float32)}], [{"p": np.zeros((0, 4), np.float32)}])["p"]
+    assert empty.sample_cosine == 1.0 and empty.samples == 0
+    ref = np.ones((2, 4), np.float32)
+    bad = ref.copy()
+    bad[1, 2] = np.nan
+    got = compare_outputs([{"y": ref}], [{"y": bad}])
+    assert got["y"].sample_cosine == -1.0 and got["y"].sample_snr_db == float("-inf")
+    assert Budget({"max_abs": 1.0}).violations(got)  # NaN misses a budget, it does not pass it

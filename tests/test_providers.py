@@ -66,3 +66,12 @@ def test_provider_that_fails_on_the_model_is_recorded_not_fatal(monkeypatch):
     result = bench.bench_model(model, feed, bench.BenchConfig(("cpu", "openvino"), runs=2, warmup=0))
     assert result["cpu"]["p50_ms"] > 0
     assert result["openvino"] == {"error": "ONNX Runtime cannot load the model: missing libopenvino.so"}
+
+
+def test_the_summary_speed_is_judged_on_the_input_and_final_model_timed_side_by_side():
+    result = optimize(models.mlp(), passes="cleanup", bench=True, providers=["cpu"], bench_runs=5)
+    pair = result.report["bench"]["final_vs_input"]["cpu"]
+    assert {"p10_ms", "p50_ms", "p90_ms"} <= set(pair["input"]) and pair["final"]["runs"] >= 10
+    compared = result.report["summary"]["speed_vs_input"]["cpu"]
+    assert compared["timed"] == "interleaved"
+    assert compared["ratio"] == pytest.approx(pair["input"]["p50_ms"] / pair["final"]["p50_ms"])

@@ -12,14 +12,13 @@ import dataclasses
 import json
 import os
 import platform
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
 from graphopt.manager import RunResult
 from graphopt.report.html import render_html
+from graphopt.transaction import Transaction
 
 
 def build_report(result: RunResult, *, input_path: str | None, output_path: str | None,
@@ -29,7 +28,8 @@ def build_report(result: RunResult, *, input_path: str | None, output_path: str 
         "model": {"input": input_path, "output": output_path,
                   "before": result.before.to_dict(), "after": result.after.to_dict()},
         "passes": passes,
-        "bench": {"input": result.baseline_bench} if result.baseline_bench else None,
+        "bench": ({"input": result.baseline_bench, "final_vs_input": result.final_vs_input}
+                  if result.baseline_bench else None),
         "summary": _summary(result),
         "data": feeds,
         "environment": {"onnxruntime": ort.__version__, "providers": providers,
@@ -39,6 +39,8 @@ def build_report(result: RunResult, *, input_path: str | None, output_path: str 
 
 
 def _summary(result: RunResult) -> dict[str, Any]:
+    from graphopt.bench import compare_timings
+
     before, after = result.before, result.after
     summary = {
         "passes_applied": [r.name for r in result.passes if r.applied],
@@ -48,47 +50,51 @@ def _summary(result: RunResult) -> dict[str, Any]:
         "bytes": [before.bytes, after.bytes],
         "seconds": sum(r.seconds for r in result.passes),
     }
+    pair = {p: t for p, t in (result.final_vs_input or {}).items() if "final" in t}
+    if pair:  # the input and the final model timed side by side at the end of the run
+        summary["speedup_enable_all"] = {p: t["input"]["p50_ms"] / t["final"]["p50_ms"] for p, t in pair.items()}
+        summary["speed_vs_input"] = {p: {**compare_timings(t["input"], t["final"]), "timed": "interleaved"}
+                                     for p, t in pair.items()}
+        return _with_final_verify(summary, result)
     final_bench = next((r.bench for r in reversed(result.passes) if r.bench), None)
     if result.baseline_bench and final_bench:
+        timed = [p for p in final_bench
+                 if "p50_ms" in final_bench[p] and "p50_ms" in result.baseline_bench.get(p, {})]
         summary["speedup_enable_all"] = {
-            p: result.baseline_bench[p]["p50_ms"] / final_bench[p]["p50_ms"] for p in final_bench
-            if "p50_ms" in final_bench[p] and "p50_ms" in result.baseline_bench.get(p, {})}
+            p: result.baseline_bench[p]["p50_ms"] / final_bench[p]["p50_ms"] for p in timed}
+        # the same ratio with both spreads and whether it is within noise (bench.compare_timings)
+        summary["speed_vs_input"] = {p: compare_timings(result.baseline_bench[p], final_bench[p])
+                                     for p in timed}
+    return _with_final_verify(summary, result)
+
+
+def _with_final_verify(summary: dict[str, Any], result: RunResult) -> dict[str, Any]:
     if result.final is not None:
         summary["final_verify"] = result.final.summary()
     return summary
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
-    write_text_atomic(json.dumps(report, indent=2, default=_json_default), path)
+    write_text_atomic(render_report(report, ".json"), path)
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
     """`.html` -> the self-contained HTML page; anything else -> JSON."""
+    write_text_atomic(render_report(report, path), path)
+
+
+def render_report(report: dict[str, Any], path: str | os.PathLike) -> str:
+    """The report as the text `path` gets: HTML for `.html`/`.htm`, JSON otherwise."""
     if str(path).lower().endswith((".html", ".htm")):
-        write_text_atomic(render_html(json.loads(json.dumps(report, default=_json_default))), path)
-    else:
-        write_json(report, path)
+        return render_html(json.loads(json.dumps(report, default=_json_default)))
+    return json.dumps(report, indent=2, default=_json_default)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Atomic write (temp file in the same directory, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a report is an ordinary file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    """Atomic write: staged next to `path`, then renamed (graphopt.transaction)."""
+    with Transaction() as txn:
+        txn.write_text(path, text)
+        txn.commit()
 
 
 def _json_default(value: Any) -> Any:

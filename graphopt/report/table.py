@@ -46,8 +46,12 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [f"nodes {summary['nodes'][0]} -> {summary['nodes'][1]}, "
              f"params {summary['params'][0]:,} -> {summary['params'][1]:,}, "
              f"weights {_mb(summary['bytes'][0])} -> {_mb(summary['bytes'][1])} MB"]
+    compared = summary.get("speed_vs_input") or {}
     for provider, ratio in (summary.get("speedup_enable_all") or {}).items():
-        lines.append(f"{provider}: {ratio:.2f}x the input model's speed (ORT_ENABLE_ALL p50)")
+        if provider in compared:
+            lines.append(f"{provider}: {speed_sentence(compared[provider])} (ORT_ENABLE_ALL)")
+        else:  # a report written before spreads were recorded
+            lines.append(f"{provider}: {ratio:.2f}x the input model's speed (ORT_ENABLE_ALL p50)")
     cosines = [((r.get("verify") or {}).get("vs_input") or {}).get("cosine")
                for r in report["passes"] if r["applied"]]
     cosines = [c for c in cosines if isinstance(c, float)]
@@ -56,7 +60,19 @@ def format_summary(report: dict[str, Any]) -> str:
     rolled = summary.get("passes_rolled_back") or []
     lines.append(f"passes applied {len(summary['passes_applied'])}, rolled back {len(rolled)}"
                  + (f" ({', '.join(rolled)})" if rolled else ""))
+    data = report.get("data") or {}  # where the feeds came from, and what was not checked
+    lines += ([data["summary"]] if data.get("summary") else []) + [f"WARNING: {w}" for w in data.get("warnings", [])]
     return "\n".join(lines)
+
+
+def speed_sentence(compared: dict[str, Any]) -> str:
+    """The final model's speed against the input's (a bench.compare_timings dict): "same speed"
+    when the p10-p90 ranges overlap, the p50 ratio otherwise; both spreads either way."""
+    (b10, b50, b90), (n10, n50, n90) = compared["base_ms"], compared["new_ms"]
+    spread = f"p10-p90 {b10:.3f}-{b90:.3f} -> {n10:.3f}-{n90:.3f} ms"
+    if compared["within_noise"]:
+        return f"same speed as the input model (within noise: {spread})"
+    return f"{compared['ratio']:.2f}x the input model's speed (p50 {b50:.3f} -> {n50:.3f} ms, {spread})"
 
 
 def _mb(n: int) -> str:

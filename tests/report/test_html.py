@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -14,6 +12,8 @@ from graphopt import optimize
 from graphopt.cli import main
 from graphopt.report.html import dict_table, render_html, waterfall_svg
 from graphopt.report import write_report
+
+from .browser import command, dump_dom, probe
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,8 @@ def test_page_is_self_contained_with_charts_and_tables(report):
     page = render_html(report)
     assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>")
     assert not re.search(r"<script|<link|src=['\"]?http", page)  # nothing external, no script
-    assert page.count("<svg") == 3  # size, error, cpu latency waterfalls
+    assert page.count("<svg") == 3  # size waterfall, error (log scale), cpu latency with spread
+    assert "<section id=decisions>" in page
     applied = [r["name"] for r in report["passes"] if r["applied"]]
     for name in applied:
         assert f"<td>{name}</td>" in page
@@ -43,6 +44,15 @@ def test_stats_tables_and_escaping():
     table = dict_table([{"layer": "<b>", "rank": 3}, {"layer": "x", "cosine": 0.5}])
     assert "&lt;b&gt;" in table and "<b>" not in table
     assert table.count("<th>") == 3 and table.count("<tr>") == 3
+
+
+def test_bench_records_p10_p50_p90_in_the_json(report):
+    for timing in [report["bench"]["input"]["cpu"]] + [r["bench"]["cpu"] for r in report["passes"] if r["bench"]]:
+        assert timing["p10_ms"] <= timing["p50_ms"] <= timing["p90_ms"]
+        assert timing["disable_all"]["p10_ms"] <= timing["disable_all"]["p90_ms"]
+    compared = report["summary"]["speed_vs_input"]["cpu"]
+    assert set(compared) == {"ratio", "within_noise", "base_ms", "new_ms", "timed"}
+    assert compared["ratio"] == pytest.approx(report["summary"]["speedup_enable_all"]["cpu"])
 
 
 def test_cli_writes_json_and_html_reports(tmp_path, capsys):
@@ -64,24 +74,19 @@ def test_failed_render_leaves_the_old_file_and_no_temp_file(tmp_path):
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
 
 
-def _browser() -> str | None:
-    return next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
-
-
 def test_real_browser_renders_the_page(tmp_path, report):
-    if _browser() is None:
-        if os.environ.get("GRAPHOPT_REQUIRE_BROWSER"):  # CI installs chromium and sets this
-            pytest.fail("GRAPHOPT_REQUIRE_BROWSER is set but no chromium is installed")
-        pytest.skip("no headless browser installed (apt install chromium)")
     page = tmp_path / "report.html"
     write_report(report, page)
-    cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(cmd + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert dom.count("<svg") == 3 and "Per-pass waterfall" in dom
+    dom = dump_dom(page, tmp_path)
+    assert dom.count("<svg") == 3 and "Per-pass charts" in dom
     applied = sum(1 for r in report["passes"] if r["applied"])
     assert dom.count("<rect") == 3 * (applied + 1)  # one bar per step, per chart
+    seen = probe(page, ["#decisions", "#decisions .pass", "svg[aria-label^=error] rect"], tmp_path)
+    assert all(found["visible"] for found in seen.values()), seen
+    for rec in report["passes"]:  # e.g. fuse-gelu under an opset it does not take
+        if rec["skipped"]:
+            assert f"skipped: {rec['skipped']}" in seen["#decisions"]["text"]
     shot = tmp_path / "shot.png"
-    subprocess.run(cmd + [f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+    subprocess.run(command(tmp_path) + [f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

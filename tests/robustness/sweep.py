@@ -3,7 +3,9 @@
 `prepare` loads a case once (feeds, ONNX Runtime reference outputs of the input model,
 whether those meet the case's expected outputs) or says why the case cannot run here;
 `check_run` optimizes into a fresh directory and returns the list of broken invariants
-(empty when all hold). Recipes and passes are read from graphopt's registries at call time,
+(empty when all hold). Lossy runs need real data: on a case whose feeds were synthesized they
+opt in with `calib="synthetic"` (and the report must then say nothing was checked on real data);
+cases with real inputs pass them as `data`. Recipes and passes are read from graphopt's registries at call time,
 so a newly registered pass or recipe is swept without editing this file.
 """
 
@@ -48,6 +50,7 @@ class Prepared:
     note: str
     rtol: float
     atol: float
+    synthetic: bool = False  # the feeds were synthesized here, not the case's own inputs
 
 
 def prepare(case, directory: Path) -> Prepared | str:
@@ -63,7 +66,8 @@ def prepare(case, directory: Path) -> Prepared | str:
     if non_tensor:
         return f"non-tensor graph inputs {non_tensor} (graphopt feeds tensors only)"
     feeds = case.feeds()
-    if feeds is None:
+    synthetic = feeds is None
+    if synthetic:
         try:
             feeds = synthesize_feeds(ir.load(path), 1)
         except GraphoptError as exc:
@@ -78,7 +82,7 @@ def prepare(case, directory: Path) -> Prepared | str:
         if misses:
             expected, note = None, f"ORT's own output misses the expected file ({misses[0]})"
     return Prepared(path, feeds, reference, [o.name for o in model.graph.output], expected, note,
-                    case.rtol, case.atol)
+                    case.rtol, case.atol, synthetic)
 
 
 def _line(exc: BaseException) -> str:
@@ -103,14 +107,30 @@ def lossy_pass_names() -> set[str]:
     return {name for name, cls in registered_passes().items() if isinstance(cls.tolerance, Lossy)}
 
 
+def _data_arguments(prepared: Prepared, kind: str, name: str) -> dict:
+    """Real inputs as `data`; synthesized ones as an explicit opt-in where a lossy pass runs."""
+    passes = passes_from_recipe(name) if kind == "recipe" else passes_from_spec(name)
+    if prepared.synthetic and any(isinstance(p.tolerance, Lossy) for p in passes):
+        return {"calib": "synthetic"}
+    return {"data": prepared.feeds}
+
+
+def _synthetic_problems(arguments: dict, report: dict) -> list[str]:
+    data = report.get("data") or {}
+    if arguments.get("calib") == "synthetic" and not (data.get("synthetic") and data.get("warnings")):
+        return ["a lossy run on synthetic inputs does not say so in the report's data"]
+    return []
+
+
 def check_run(prepared: Prepared, kind: str, name: str, out_dir: Path,
               watch: list[Path]) -> tuple[list[str], dict | None]:
     """Optimize and check; returns (broken invariants, report). `watch`: directories that must
     not gain entries (the working directory, the temp directory, the input's directory)."""
     out = out_dir / "model.onnx"
     snapshot = DirSnapshot(watch).take()
+    arguments = _data_arguments(prepared, kind, name)
     try:
-        result = optimize(prepared.path, out, data=prepared.feeds,
+        result = optimize(prepared.path, out, **arguments,
                           **({"recipe": name} if kind == "recipe" else {"passes": name}))
     except GraphoptError as exc:
         return [f"graphopt refused a model ONNX Runtime runs (exit {exc.exit_code}): {exc}"], None
@@ -118,7 +138,7 @@ def check_run(prepared: Prepared, kind: str, name: str, out_dir: Path,
     extra = sorted(p.name for p in out_dir.iterdir() if p.name not in ("model.onnx", "model.onnx.data"))
     problems += [f"unexpected entry in the output directory: {p}" for p in extra]
     report = result.report
-    problems += rollback_problems(report, lossy_pass_names())
+    problems += rollback_problems(report, lossy_pass_names()) + _synthetic_problems(arguments, report)
     problems += _file_problems(prepared, out, kind, name, report)
     return problems, report
 

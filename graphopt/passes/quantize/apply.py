@@ -31,6 +31,7 @@ class Applied:
     bias_grown: list[str] = field(default_factory=list)
     nodes_added: int = 0
     relu_folded: int = 0
+    bytes_added: int = 0  # quantized weight copies whose float original float nodes still read
 
 
 def weight_axis(node: ir.Node, rank: int) -> int:
@@ -97,8 +98,23 @@ def apply_plan(model: ir.Model, plan: Plan, ranges: dict[str, tuple[float, float
             graph.remove(relu, safe=True)
             applied.relu_folded += 1
     applied.nodes_added = writer.added_nodes
+    applied.bytes_added = _copies_beside_float(graph, shared)
     graph.sort()
     return applied
+
+
+def _copies_beside_float(graph: ir.Graph, shared: dict[tuple, ir.Value]) -> int:
+    """Bytes of the quantized copies of weights that float nodes still read (units of a shared
+    weight put back to float keep its float original): what the rewrite adds to the file, which
+    the pass declares as `bytes_added` (the manager refuses growth beyond it)."""
+    alive = {**_values(graph), **graph.initializers}
+    total = 0
+    for (name, _), dq in shared.items():
+        original = alive.get(name)
+        if original is not None and original.uses():
+            total += sum(v.const_value.nbytes for v in dq.producer().inputs
+                         if v is not None and v.const_value is not None)
+    return total
 
 
 def _values(graph: ir.Graph) -> dict[str, ir.Value]:

@@ -128,6 +128,9 @@ def _feeds_and_smoothing(job: QuantJob) -> None:
     if opts.smooth:
         job.smoothed = smooth(job.work, job.plan, job.feeds, job.ctx.names(job.work).fresh, opts.calib_max_bytes,
                               job.profile.weight.bits)
+    for name, entry in sorted(job.smoothed.items()):
+        if "not_smoothed" in entry:
+            job.ctx.no_match(NAME, f"smoothing {name}", entry["not_smoothed"])
     if any(s["alpha"] != "none" for s in job.smoothed.values()):  # placement again, with the X/s nodes
         job.place()
     job.setup_seconds = time.perf_counter() - began
@@ -265,6 +268,7 @@ def _stats(job: QuantJob, best: Candidate, calib: dict, fit: dict) -> dict:
         "kept_float": dict(sorted(plan.skipped.items())), "bias_scale_grown": best.applied.bias_grown,
         "calibration": calib, "budget": fit,
         "weight_sqnr_db": {name: w["sqnr_db"] for name, w in weights},
+        "bytes_added": best.applied.bytes_added,
     }
 
 

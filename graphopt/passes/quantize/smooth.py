@@ -11,6 +11,12 @@ Mul node inserted once per X (the producer is usually nonlinear or also feeds a 
 residual, so it cannot absorb it). Only inputs whose channel maxima are imbalanced
 (max/median >= `min_ratio`) are candidates.
 
+Shared weights. s·W is a new tensor; a weight also read outside the input's group (an unrolled
+RNN's W read by every time step, each with its own X_t, or by a node left float) keeps its
+original for those readers, so smoothing would add one copy of W per X: the input is refused
+(kept as "not_smoothed" with the reason). Units of one group read the same X/s and take the same
+s, so a weight they share (read on the same axis) gets one smoothed copy that serves them all.
+
 α is chosen per input, not fixed: a small α moves weight imbalance into X, a large one moves X's
 outliers into the weight rows and costs weight resolution (7-bit on AVX2). For each candidate
 α in `ALPHAS` (and "no smoothing") the relative output error of the layer,
@@ -56,6 +62,27 @@ def smoothing_groups(plan: Plan) -> dict[str, list]:
             continue
         groups.setdefault(unit.names[0], []).append(unit)
     return groups
+
+
+def shared_weight_refusal(units: list) -> str | None:
+    """Why the group's weights cannot all be replaced by s·W without a second copy, or None:
+    a weight read by a node outside the group (another input's unit, a float node), held as a
+    graph input or output, or read by the group's units on different axes."""
+    nodes = {u.node for u in units}
+    axes: dict[ir.Value, set] = {}
+    for unit in units:
+        weight = unit.node.inputs[unit.weight]
+        axes.setdefault(weight, set()).add(_row_axis(unit.node))
+    for weight, rows in axes.items():
+        readers = {use.node for use in weight.uses()}
+        if not readers <= nodes:
+            return (f"weight {weight.name!r} is shared by {len(readers)} nodes, not all reading this input; "
+                    "smoothing would copy it per use")
+        if weight.is_graph_input() or weight.is_graph_output():
+            return f"weight {weight.name!r} is also a graph input or output; smoothing would keep both copies"
+        if len(rows) > 1:
+            return f"weight {weight.name!r} is read on different axes; each would need its own smoothed copy"
+    return None
 
 
 def channel_statistics(model: ir.Model, names: list[str], feeds, max_bytes: int,
@@ -114,7 +141,8 @@ def layer_error(x: np.ndarray, weights, s: np.ndarray | None, bits: int) -> floa
 def smooth(model: ir.Model, plan: Plan, feeds, fresh, max_bytes: int, weight_bits: int,
            min_ratio: float = MIN_RATIO) -> dict[str, dict]:
     """Insert X/s and scale weight rows by s in place, α chosen per input by `layer_error`;
-    returns {activation: {"ratio": max/median, "alpha": chosen, "error": {α: e}}}."""
+    returns {activation: {"ratio": max/median, "alpha": chosen, "error": {α: e}}}, or for a
+    refused candidate {"ratio", "alpha": "none", "not_smoothed": why} (`shared_weight_refusal`)."""
     groups = smoothing_groups(plan)
     if not groups:
         return {}
@@ -126,6 +154,10 @@ def smooth(model: ir.Model, plan: Plan, feeds, fresh, max_bytes: int, weight_bit
         ax = maxima[name].astype(np.float64)
         ratio = float(ax.max() / max(np.median(ax), 1e-12))
         if ratio < min_ratio:
+            continue
+        refusal = shared_weight_refusal(units)
+        if refusal is not None:
+            report[name] = {"ratio": round(ratio, 1), "alpha": "none", "not_smoothed": refusal}
             continue
         weights = [(u, constant_array(u.node.inputs[u.weight]).astype(np.float32), _row_axis(u.node)) for u in units]
         aw = np.max([np.abs(w).max(axis=1 - axis) for _, w, axis in weights], axis=0).astype(np.float64)
@@ -150,12 +182,14 @@ def _rewrite(graph: ir.Graph, x: ir.Value, weights, s: np.ndarray, fresh) -> Non
     smoothed = mul.outputs[0]
     smoothed.name, smoothed.dtype, smoothed.shape = fresh(f"{x.name}_smoothed"), x.dtype, x.shape
     graph.append(mul)
+    scaled: dict[ir.Value, ir.Value] = {}  # one s·W per weight, however many units of X read it
     for unit, w, axis in weights:
-        shape = (-1, 1) if axis == 0 else (1, -1)
-        scaled = writer.constant(f"{unit.node.inputs[unit.weight].name}_smoothed",
-                                 (w * s.reshape(shape)).astype(w.dtype))
         old = unit.node.inputs[unit.weight]
-        unit.node.replace_input_with(unit.weight, scaled)
+        if old not in scaled:
+            shape = (-1, 1) if axis == 0 else (1, -1)
+            scaled[old] = writer.constant(f"{old.name}_smoothed", (w * s.reshape(shape)).astype(w.dtype))
+        unit.node.replace_input_with(unit.weight, scaled[old])
         unit.node.replace_input_with(unit.activations[0], smoothed)
+    for old in scaled:
         drop_if_dead(old, graph)
     graph.sort()

@@ -75,10 +75,10 @@ def test_activation_saliency_and_numerics_stay_valid():
 def test_budget_mode_takes_least_sensitive_layers_first():
     proto = mlp(batch=4, in_features=64, hidden=128, layers=4)
     feeds = [{"x": RNG.standard_normal((4, 64)).astype(np.float32)} for _ in range(3)]
-    ctx = PassContext(holdout=feeds, budget=Budget({"cosine": 0.9}))
+    ctx = PassContext(holdout=feeds, budget=Budget({"cosine": 0.8}))  # worst-sample cosine
     result, _ = run(proto, ctx, mode="budget", min_elements=0)
     rows = result.stats["layers"]
-    assert result.stats["fidelity"]["cosine"] >= 0.9
+    assert result.stats["fidelity"]["cosine"] >= 0.8
     applied = [r for r in rows if r["applied"]]
     skipped = [r for r in rows if not r["applied"]]
     assert applied and all("alone" in r for r in rows)

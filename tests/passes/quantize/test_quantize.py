@@ -466,7 +466,7 @@ def test_smoothquant_evens_out_the_outlier_channel_instead_of_a_fallback():
     chosen = result.stats["smoothed"][fc1.input[0]]  # max/median channel ratio ~400
     assert chosen["alpha"] != "none" and chosen["error"][str(chosen["alpha"])] < chosen["error"]["none"]
     before, after = plain.stats["budget"]["all_quantized"]["cosine"], result.stats["budget"]["all_quantized"]["cosine"]
-    assert before < 0.95 < 0.98 < after  # the outlier channel no longer sets everyone's scale
+    assert before < 0.7 < 0.8 < after  # (worst-sample cosine) the outlier no longer sets everyone's scale
     assert len(result.stats["budget"]["fallbacks"]) <= len(plain.stats["budget"]["fallbacks"])
     muls = [n for n in out.graph.node if n.op_type == "Mul" and n.input[0] == fc1.input[0]]
     assert len(muls) == 1  # X/s, once
