@@ -34,6 +34,13 @@ RECIPES["modern"] = ("opset:target=20", *RECIPES["lossless"])
 # speed check leaves a family in float (PP-OCR cls runs markedly faster; tools/bench_quantize.py,
 # measured: docs/design-measurements.md).
 RECIPES["int8"] = (*RECIPES["modern"], "quantize")
+# `int8-dynamic`: INT8 weights with activations quantized at run time (no calibration), after
+# the `modern` clean-up; `--target ort` writes ONNX Runtime's DynamicQuantizeMatMul (targets.py).
+RECIPES["int8-dynamic"] = (*RECIPES["modern"], "quantize-dynamic")
+# `int4`: weight-only block-wise INT4 (activations stay float) after the `modern` clean-up, sized
+# to the budget; `--target ort` writes MatMulNBits / GatherBlockQuantized (targets.py), the other
+# targets DequantizeLinear with block_size at opset 21.
+RECIPES["int4"] = (*RECIPES["modern"], "quantize-weights")
 # `compress`: structured pruning, low-rank and int8 chained under one budget; each lossy pass may
 # spend its share of what is left (prune a third, svd half of the rest, quantize the remainder).
 RECIPES["compress"] = (*RECIPES["lossless"], "prune-channels:mode=budget;budget_share=0.34",

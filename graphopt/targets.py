@@ -36,11 +36,13 @@ class TargetProfile:
     max_opset: int | None = None  # None: whatever the installed onnx defines
     add_passes: tuple[str, ...] = ()
     drop_passes: tuple[str, ...] = ()
+    pass_options: tuple[tuple[str, str], ...] = ()  # (pass, "key=value") set on a recipe's pass unless given
 
 
 TARGETS = {
     "portable": TargetProfile("portable", STANDARD),
-    "ort": TargetProfile("ort", STANDARD | {"com.microsoft"}, add_passes=("ort-fusions",)),
+    "ort": TargetProfile("ort", STANDARD | {"com.microsoft"}, add_passes=("ort-fusions",),
+                         pass_options=(("quantize-dynamic", "form=ort"), ("quantize-weights", "form=matmulnbits"))),
     "tensorrt": TargetProfile("tensorrt", frozenset({"", "ai.onnx", "trt"}), min_opset=9, max_opset=25,
                               drop_passes=("matmul-to-gemm",)),
     "openvino": TargetProfile("openvino", STANDARD | {"org.openvinotoolkit"},
@@ -55,9 +57,17 @@ def get_target(name: str) -> TargetProfile:
 
 
 def adapt_recipe(items: tuple[str, ...], target: TargetProfile) -> tuple[str, ...]:
-    """The recipe's pass specs with the target's drops removed and additions appended."""
-    kept = tuple(item for item in items if item.split(":", 1)[0] not in target.drop_passes)
+    """The recipe's pass specs with the target's drops removed, its pass options set and its
+    additions appended."""
+    kept = tuple(_with_options(item, target) for item in items if item.split(":", 1)[0] not in target.drop_passes)
     return kept + tuple(p for p in target.add_passes if p not in kept)
+
+
+def _with_options(item: str, target: TargetProfile) -> str:
+    name, _, options = item.partition(":")
+    given = {pair.partition("=")[0].strip() for pair in options.split(";")}
+    extra = [o for p, o in target.pass_options if p == name and o.partition("=")[0] not in given]
+    return f"{name}:{';'.join(filter(None, [options, *extra]))}" if extra else item
 
 
 def target_problems(model: ir.Model, target: TargetProfile) -> list[str]:

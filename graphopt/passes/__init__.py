@@ -7,12 +7,14 @@ User passes registered with `graphopt.register` join these in `graphopt.registry
 from graphopt.passes.cleanup import (Cleanup, CommonSubexpressions, DedupInitializers, EliminateIdentity,
                                      InitializersNotInputs, LiftConstants, RemoveUnused, TopologicalSort)
 from graphopt.passes.folding import FoldConstants
+from graphopt.passes.dynamic import QuantizeDynamic
 from graphopt.passes.fusion import (FuseActivations, FuseBn, FuseConvAffine, FuseGelu, FuseLayerNorm, FusePadConv,
                                     FuseRmsNorm, MatmulToGemm, OrtFusions, Simplify)
 from graphopt.passes.lowrank import SvdPass, TuckerPass
 from graphopt.passes.opset import RaiseOpset
 from graphopt.passes.prune import Prune, PruneChannels, PruneNM
 from graphopt.passes.quantize import Quantize
+from graphopt.passes.weights import QuantizeWeights
 
 PASSES = {
     # cleanup.py: exact structural passes
@@ -47,6 +49,10 @@ PASSES = {
     "tucker": TuckerPass,
     # quantize/
     "quantize": Quantize,
+    # dynamic/
+    "quantize-dynamic": QuantizeDynamic,
+    # weights/
+    "quantize-weights": QuantizeWeights,
 }
 
 __all__ = ["PASSES"]

@@ -1,0 +1,131 @@
+"""Budget fallback per layer: the most sensitive layers go to int8, then to float, until it fits.
+
+Levels: every layer starts at the pass's bits (4). Layers are ordered most sensitive first: by
+default (`rank="measured"`) with one held-out measurement per layer, how much the budget metric
+m improves when that layer alone is kept float,
+    gain(l) = m(Q \\ {l}) - m(Q)      (for max_abs: the decrease);
+or (`rank="proxy"`, free) by the layer's relative output error on the calibration rows
+tr(ΔWᵀHΔW)/tr(WᵀHW) (stats.py; an embedding, which has no input statistics, by its relative
+weight error ||ΔW||²/||W||²). The proxy ignores where a layer sits in the network and ranks
+transformer layers poorly (docs/weights-int4.md); the measurements are made only when the fully
+quantized model misses the budget. The order is by sensitivity per element (gain / number of
+weights), since a layer moved up costs bytes in proportion to its size: a large embedding table
+goes up only if it matters as much as the many small layers that would cost the same.
+Then the smallest prefix of that order which, moved to int8, meets the budget is found by
+doubling then bisection (O(log n) measurements). If even every layer at int8 misses, all stay
+int8 and the smallest prefix moved to float is searched the same way. The report gives the
+measured effect of the first MAX_EFFECTS fallbacks: the metric with every fallback, and with that
+one back at the level below (`without`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx_ir as ir
+
+from graphopt.lossy import Evaluator, worst
+from graphopt.tolerance import BUDGET_METRICS, Budget
+
+Levels = dict[str, int]  # layer key -> bits (0: float)
+MAX_EFFECTS = 8  # fallbacks whose effect is measured (one measurement each)
+
+
+@dataclass
+class Search:
+    build: Callable[[Levels], ir.Model]
+    ev: Evaluator
+    budget: Budget
+    progress: Callable[[str], None] | None = None
+    measured: dict[tuple, tuple[bool, float]] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return next(iter(self.budget.limits))
+
+    def try_(self, levels: Levels) -> tuple[bool, float]:
+        """Whether `levels` fits the budget, and its value of the first budget metric."""
+        key = tuple(sorted(levels.items()))
+        if key not in self.measured:
+            ok, metrics = self.ev.fits(self.build(levels), self.budget)
+            self.measured[key] = (ok, worst(metrics, self.metric))
+            if self.progress is not None:
+                counts = {bits: sum(1 for b in levels.values() if b == bits) for bits in set(levels.values())}
+                shown = ", ".join(f"{n} {'int' + str(b) if b else 'float'}" for b, n in sorted(counts.items()))
+                self.progress(f"quantize-weights: {shown}: {self.metric} {self.measured[key][1]:.5g} "
+                              f"({'fits' if ok else 'misses'})")
+        return self.measured[key]
+
+    def gain(self, better: float, base: float) -> float:
+        return better - base if BUDGET_METRICS[self.metric] == "min" else base - better
+
+
+def fit_levels(search: Search, sizes: dict[str, int], bits: int, proxy: dict[str, float],
+               rank: str) -> tuple[Levels, dict]:
+    """Levels that meet the budget with few bytes above `bits` ({layer: elements} = `sizes`), and a report."""
+    keys = list(sizes)
+    base = {k: bits for k in keys}
+    ok, value = search.try_(base)
+    report = {"measured": True, "limits": dict(search.budget.limits), "all_quantized": {search.metric: value}}
+    if ok:
+        return base, {**report, "fits": True, "fallbacks": []}
+    order, gains = ranking(search, sizes, bits, proxy, rank)
+    report["order"] = order
+    if gains:
+        report["measured_gain"] = gains
+    steps = [8, 0] if bits == 4 else [0]
+    current = base
+    for level in steps:
+        chosen = smallest_prefix(search, current, order, level)
+        if chosen is not None:
+            return chosen, {**report, "fits": True, "fallbacks": effects(search, chosen, current, order)}
+        current = {k: level for k in keys}
+    report["reason"] = "the budget is not met even with every layer in float"
+    return current, {**report, "fits": False, "fallbacks": []}
+
+
+def ranking(search: Search, sizes: dict[str, int], bits: int, proxy: dict[str, float], rank: str):
+    """Most sensitive per element first; with rank="measured" also each layer's measured gain in float."""
+    keys = list(sizes)
+    if rank != "measured":
+        return sorted(keys, key=lambda k: -proxy.get(k, 0.0) / sizes[k]), {}
+    _, base = search.try_({k: bits for k in keys})
+    gains = {k: round(search.gain(search.try_({**{j: bits for j in keys}, k: 0})[1], base), 6) for k in keys}
+    return sorted(keys, key=lambda k: -gains[k] / sizes[k]), gains
+
+
+def smallest_prefix(search: Search, start: Levels, order: list[str], level: int) -> Levels | None:
+    """`start` with the smallest prefix of `order` set to `level` that fits (doubling + bisection)."""
+    def with_prefix(count: int) -> Levels:
+        return {**start, **{k: level for k in order[:count]}}
+
+    lo, k = 0, 1
+    while True:
+        k = min(k, len(order))
+        if search.try_(with_prefix(k))[0]:
+            break
+        if k == len(order):
+            return None
+        lo, k = k, k * 2
+    hi = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if search.try_(with_prefix(mid))[0] else (mid, hi)
+    return with_prefix(hi)
+
+
+def effects(search: Search, chosen: Levels, below: Levels, order: list[str]) -> list[dict]:
+    """Each fallback's measured effect: the metric with it, and with that layer back at `below`
+    (the first MAX_EFFECTS fallbacks in sensitivity order; the others are listed unmeasured)."""
+    _, with_all = search.try_(chosen)
+    out = []
+    for i, key in enumerate(k for k in order if chosen[k] != below[k]):
+        entry = {"layer": key, "bits": chosen[key], "metric": search.metric, "with_fallback": round(with_all, 6)}
+        if i < MAX_EFFECTS:
+            entry["without"] = round(search.try_({**chosen, key: below[key]})[1], 6)
+        out.append(entry)
+    return out
+
+
+__all__ = ["Levels", "Search", "fit_levels"]

@@ -1,0 +1,113 @@
+"""Streamed statistics of the layers' inputs, and the layer output error they give.
+
+For a layer y = x·W with x's channels on the reduction axis, the calibration rows x (every
+position of every feed) are folded into running sums as they stream by
+(graphopt.activations.stream_activations, one batch at a time):
+    H = Σ x xᵀ  [K, K],    a = Σ |x|  [K],    n = number of rows,
+so E[x xᵀ] = H/n and E|x_k| = a_k/n. At most FLUSH_ROWS rows per input wait in a buffer and are
+folded in with one float32 product (sums kept in float64): memory stays bounded whatever the
+size of the calibration set, and no activation is kept. The squared output error of a weight
+approximation Ŵ over the calibration rows is then exact without the rows:
+    Σ ||x(W - Ŵ)||² = tr(ΔWᵀ H ΔW),  and  e(Ŵ) = tr(ΔWᵀ H ΔW) / tr(Wᵀ H W)
+is the layer's relative output error (its output SQNR is -10·log10 e).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.activations import stream_activations
+
+FLUSH_ROWS = 2048
+
+
+class InputMoments:
+    """Running Σ xxᵀ and Σ|x| over rows x of one layer input. Rows wait in a buffer of at most
+    FLUSH_ROWS rows and are folded in together (one large product instead of one per batch)."""
+
+    def __init__(self, features: int):
+        self.gram = np.zeros((features, features), np.float64)
+        self.abs_sum = np.zeros(features, np.float64)
+        self.rows = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():  # a non-finite row would poison every sum
+            rows = rows[finite]
+        self._pending.append(np.asarray(rows, np.float32))
+        self._pending_rows += rows.shape[0]
+        if self._pending_rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        rows = np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
+        self.gram += (rows.T @ rows).astype(np.float64)
+        self.abs_sum += np.abs(rows).sum(axis=0, dtype=np.float64)
+        self.rows += rows.shape[0]
+
+    @property
+    def second_moment(self) -> np.ndarray:
+        return self.gram / max(self.rows, 1)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.abs_sum / max(self.rows, 1)
+
+
+@dataclass
+class InputStats:
+    moments: dict[str, InputMoments] = field(default_factory=dict)
+    batches: int = 0
+
+    def get(self, name: str) -> InputMoments | None:
+        moments = self.moments.get(name)
+        return moments if moments is not None and moments.rows else None
+
+
+def rows_of(x: np.ndarray, axis: int) -> np.ndarray:
+    """[rows, K] view of an activation whose channels are on `axis`."""
+    return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+
+
+def collect(model: ir.Model, axes: dict[str, tuple[int, int]], feeds: Callable[[], Iterable],
+            progress=None) -> InputStats:
+    """Stream the inputs named in `axes` ({name: (channel axis, K)}) over `feeds`."""
+    stats = InputStats()
+
+    def consume(index: int, arrays: dict[str, np.ndarray]) -> None:
+        for name, array in arrays.items():
+            axis, features = axes[name]
+            if array.dtype.kind != "f" or not array.size or array.shape[axis] != features:
+                continue
+            stats.moments.setdefault(name, InputMoments(features)).add(rows_of(array, axis))
+
+    if axes:
+        stats.batches = stream_activations(model, list(axes), feeds, consume, progress=progress).batches
+    for moments in stats.moments.values():
+        moments.flush()
+    return stats
+
+
+def output_error(w: np.ndarray, approx: np.ndarray, second_moment: np.ndarray) -> tuple[float, float]:
+    """(relative, absolute) output error of Ŵ: tr(ΔWᵀ H ΔW) / tr(Wᵀ H W), and with H = E[xxᵀ] the
+    mean squared error of one output element, tr(ΔWᵀ H ΔW) / N (float32 products)."""
+    h = second_moment.astype(np.float32)
+    w32 = np.asarray(w, np.float32)
+    delta = w32 - np.asarray(approx, np.float32)
+    signal = float(np.sum((h @ w32) * w32, dtype=np.float64))
+    noise = float(np.sum((h @ delta) * delta, dtype=np.float64))
+    return (noise / signal if signal > 0 else 0.0), noise / max(w32.shape[1], 1)
+
+
+def error_db(relative: float) -> float:
+    """A relative squared error as an SQNR in dB (inf for none)."""
+    return round(float(-10 * np.log10(relative)), 3) if relative > 0 else float("inf")
