@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -162,3 +163,22 @@ def check_run_budget(budget: Budget, reference: list[Feed] | None, feeds: list[F
     for line in lines:
         logger.warning(line)
     return lines
+
+
+def smallest_fitting_prefix(count: int, fits: Callable[[int], bool]) -> int | None:
+    """The smallest k in [1, count] with `fits(k)`, assuming fitting is monotone in k (more units
+    kept float / at higher precision fit at least as well); None when even `count` does not.
+    Doubling then bisection: O(log k) measurements instead of k."""
+    lo, k = 0, 1
+    while True:
+        k = min(k, count)
+        if fits(k):
+            break
+        if k == count:
+            return None
+        lo, k = k, k * 2
+    hi = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi

@@ -126,3 +126,17 @@ def test_explicit_budget_without_top1_warns_about_class_scores(caplog):
     assert check_run_budget(Budget(), reference, feeds, logger) == []  # the default covers it
     with pytest.raises(InputError, match="no output 'logit'"):
         check_run_budget(Budget.parse(["logit:top1=0.99"]), reference, feeds, logger)
+
+
+@pytest.mark.parametrize("count, threshold", [(1, 1), (7, 1), (7, 5), (7, 7), (64, 33), (5, None)])
+def test_smallest_fitting_prefix_finds_the_threshold_with_few_measurements(count, threshold):
+    from graphopt.lossy import smallest_fitting_prefix
+
+    asked = []
+
+    def fits(k):
+        asked.append(k)
+        return threshold is not None and k >= threshold
+
+    assert smallest_fitting_prefix(count, fits) == threshold
+    assert len(asked) <= 2 * max(count, 2).bit_length() + 1

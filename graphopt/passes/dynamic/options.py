@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
+
+from graphopt.exclusion import check_pattern
 
 OPS = frozenset({"MatMul", "Gemm", "Conv"})
 
@@ -41,11 +42,7 @@ class QuantizeDynamicOptions:
             raise ValueError("max_fallback and threads must be >= 0")
         if self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
             raise ValueError("speed_runs must be >= 1 and speed_margin in [0, 1)")
-        if self.exclude_regex:
-            try:
-                re.compile(self.exclude_regex)
-            except re.error as exc:
-                raise ValueError(f"exclude_regex: {exc}") from None
+        check_pattern(self.exclude_regex)
 
 
 __all__ = ["OPS", "QuantizeDynamicOptions"]

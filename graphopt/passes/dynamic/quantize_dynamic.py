@@ -31,6 +31,7 @@ from dataclasses import replace
 
 import onnx_ir as ir
 
+from graphopt.exclusion import exclusion
 from graphopt.analyses import Shapes
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.passes.dynamic.budget import fit_budget, fit_smoothing
@@ -38,7 +39,7 @@ from graphopt.passes.dynamic.build import Builder, quantize_units
 from graphopt.passes.dynamic.job import Job
 from graphopt.passes.dynamic.options import QuantizeDynamicOptions
 from graphopt.passes.dynamic.rewrite import MS_DOMAIN
-from graphopt.passes.dynamic.select import exclusion, node_keys, select
+from graphopt.passes.dynamic.select import node_keys, select
 from graphopt.passes.dynamic.smooth import plan_smoothing
 from graphopt.passes.dynamic.speed import compare_latency
 from graphopt.passes.dynamic.weights import weight_bits

@@ -14,7 +14,6 @@ Units are keyed by node name, or `op_index` for an unnamed node (stable across c
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,21 +67,6 @@ def select(graph: ir.Graph, ops: tuple[str, ...], excluded, bits: int) -> Select
         else:
             found.skipped[key] = made
     return found
-
-
-def exclusion(nodes: tuple[str, ...], ops: tuple[str, ...], pattern: str):
-    regex = re.compile(pattern) if pattern else None
-
-    def reason(node: ir.Node) -> str | None:
-        if node.name in nodes:
-            return "excluded by name"
-        if node.op_type in ops:
-            return f"op type {node.op_type} excluded"
-        if regex is not None and regex.search(node.name or ""):
-            return f"name matches exclude_regex {pattern!r}"
-        return None
-
-    return reason
 
 
 def _unit(key: str, node: ir.Node, bits: int) -> Unit | str:
@@ -156,4 +140,4 @@ def _conv(key: str, node: ir.Node, shape: tuple[int, ...]) -> Unit | str:
     return Unit(key, "Conv", node.inputs[1].name, int(np.prod(shape[1:])))
 
 
-__all__ = ["Selection", "Unit", "bias_add", "constant_tensor", "exclusion", "node_keys", "select"]
+__all__ = ["Selection", "Unit", "bias_add", "constant_tensor", "node_keys", "select"]

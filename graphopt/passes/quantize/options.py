@@ -4,10 +4,10 @@ histogram settings have one representation, `CalibrationOptions`, validated by i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from graphopt.exclusion import check_pattern
 from graphopt.passes.quantize.calibration import CalibrationOptions
 from graphopt.passes.quantize.profiles import QuantProfile, TensorType, get_profile
 from graphopt.passes.quantize.ranges import parse_overrides
@@ -59,11 +59,7 @@ class QuantizeOptions:
             raise ValueError("max_fallback, sqnr_batches and threads must be >= 0")
         if self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
             raise ValueError("speed_runs must be >= 1 and speed_margin in [0, 1)")
-        if self.exclude_regex:
-            try:
-                re.compile(self.exclude_regex)
-            except re.error as exc:
-                raise ValueError(f"exclude_regex: {exc}") from None
+        check_pattern(self.exclude_regex)
         parse_overrides(self.overrides)
 
 

@@ -20,13 +20,12 @@ one (scale, zero point), the union of their ranges, so runtimes drop the Q/DQ pa
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.exclusion import Exclusion
 from graphopt.passes.quantize.profiles import OpRule, QuantProfile
 
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
@@ -69,24 +68,6 @@ class Plan:
         """The value that carries the Q for quantized `name` (the Relu input when folded)."""
         fold = self.folds.get(name)
         return fold.inputs[0].name if fold is not None else name
-
-
-Exclusion = Callable[[ir.Node], str | None]
-
-
-def exclusion(nodes: tuple[str, ...], ops: tuple[str, ...], pattern: str) -> Exclusion:
-    regex = re.compile(pattern) if pattern else None
-
-    def reason(node: ir.Node) -> str | None:
-        if node.name in nodes:
-            return "excluded by name"
-        if node.op_type in ops:
-            return f"op type {node.op_type} excluded"
-        if regex is not None and regex.search(node.name or ""):
-            return f"name matches exclude_regex {pattern!r}"
-        return None
-
-    return reason
 
 
 def is_float(value: ir.Value | None) -> bool:

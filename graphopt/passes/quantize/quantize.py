@@ -37,12 +37,13 @@ from functools import partial
 import onnx_ir as ir
 
 from graphopt.analyses import Shapes
+from graphopt.exclusion import exclusion
 from graphopt.lossy import budget_share, effective_budget
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.passes.quantize.gemm import matmul_bias_to_gemm
 from graphopt.passes.quantize.job import Builder, QuantJob
 from graphopt.passes.quantize.options import QuantizeOptions, resolve_profile
-from graphopt.passes.quantize.plan import Plan, exclusion
+from graphopt.passes.quantize.plan import Plan
 from graphopt.passes.quantize.profiles import PROFILES, QuantProfile
 from graphopt.passes.quantize.ranges import parse_overrides, tensor_sqnr
 from graphopt.passes.quantize.sensitivity import Candidate, fit_budget

@@ -19,7 +19,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from graphopt.lossy import Evaluator, summarize, worst
+from graphopt.lossy import Evaluator, smallest_fitting_prefix, summarize, worst
 from graphopt.tolerance import BUDGET_METRICS, Budget
 
 
@@ -98,22 +98,8 @@ def _ranking(full: Candidate, search: _Search, rank: str, proxy: dict[str, float
 
 def _smallest_prefix(order: list[str], search: _Search) -> frozenset[str] | None:
     """Smallest k such that the first k units in float meet the budget (doubling + bisection)."""
-    lo, k = 0, 1
-    while True:
-        k = min(k, len(order))
-        if search.try_(frozenset(order[:k]))[0]:
-            break
-        if k == len(order):
-            return None
-        lo, k = k, k * 2
-    hi = k
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if search.try_(frozenset(order[:mid]))[0]:
-            hi = mid
-        else:
-            lo = mid
-    return frozenset(order[:hi])
+    k = smallest_fitting_prefix(len(order), lambda n: search.try_(frozenset(order[:n]))[0])
+    return None if k is None else frozenset(order[:k])
 
 
 def _prune(chosen: frozenset[str], order: list[str], search: _Search) -> tuple[frozenset[str], list[dict]]:

@@ -25,7 +25,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from graphopt.lossy import Evaluator, worst
+from graphopt.lossy import Evaluator, smallest_fitting_prefix, worst
 from graphopt.tolerance import BUDGET_METRICS, Budget
 
 Levels = dict[str, int]  # layer key -> bits (0: float)
@@ -100,19 +100,8 @@ def smallest_prefix(search: Search, start: Levels, order: list[str], level: int)
     def with_prefix(count: int) -> Levels:
         return {**start, **{k: level for k in order[:count]}}
 
-    lo, k = 0, 1
-    while True:
-        k = min(k, len(order))
-        if search.try_(with_prefix(k))[0]:
-            break
-        if k == len(order):
-            return None
-        lo, k = k, k * 2
-    hi = k
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if search.try_(with_prefix(mid))[0] else (mid, hi)
-    return with_prefix(hi)
+    k = smallest_fitting_prefix(len(order), lambda n: search.try_(with_prefix(n))[0])
+    return None if k is None else with_prefix(k)
 
 
 def effects(search: Search, chosen: Levels, below: Levels, order: list[str]) -> list[dict]:

@@ -15,15 +15,14 @@ GatherBlockQuantized nodes are counted as such. Only the main graph is searched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.exclusion import exclusion
 from graphopt.passes.weights.options import QuantizeWeightsOptions
 
 QUANTIZED_OPS = frozenset({"MatMulNBits", "GatherBlockQuantized"})
-Exclusion = Callable[[ir.Node], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -60,25 +59,8 @@ class Found:
     already_quantized: int = 0
 
 
-def exclusion(options: QuantizeWeightsOptions) -> Exclusion:
-    import re
-
-    regex = re.compile(options.exclude_regex) if options.exclude_regex else None
-
-    def reason(node: ir.Node) -> str | None:
-        if node.name in options.exclude_nodes:
-            return "excluded by name"
-        if node.op_type in options.exclude_ops:
-            return f"op type {node.op_type} excluded"
-        if regex is not None and regex.search(node.name or ""):
-            return f"name matches exclude_regex {options.exclude_regex!r}"
-        return None
-
-    return reason
-
-
 def find_layers(graph: ir.Graph, options: QuantizeWeightsOptions) -> Found:
-    found, excluded = Found(), exclusion(options)
+    found, excluded = Found(), exclusion(options.exclude_nodes, options.exclude_ops, options.exclude_regex)
     groups: dict[int, tuple[ir.Value, list[Use]]] = {}
     for node in graph:
         if node.domain == "com.microsoft" and node.op_type in QUANTIZED_OPS:

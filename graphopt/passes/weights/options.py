@@ -8,9 +8,10 @@ DequantizeLinear with `block_size`, opset 21).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
+
+from graphopt.exclusion import check_pattern
 
 Algorithm = Literal["auto", "rtn", "awq", "gptq"]
 Form = Literal["matmulnbits", "dq"]
@@ -53,11 +54,7 @@ class QuantizeWeightsOptions:
             raise ValueError("min_elements must be >= 0, speed_runs >= 1 and speed_margin in [0, 1)")
         if not 0 < self.gptq_damping < 1:
             raise ValueError(f"gptq_damping must be in (0, 1), got {self.gptq_damping}")
-        if self.exclude_regex:
-            try:
-                re.compile(self.exclude_regex)
-            except re.error as exc:
-                raise ValueError(f"exclude_regex: {exc}") from None
+        check_pattern(self.exclude_regex)
 
     @property
     def data_aware(self) -> bool:

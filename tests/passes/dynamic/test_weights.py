@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.pass_api import PassContext
 from graphopt.passes.dynamic.build import quantize_units
-from graphopt.passes.dynamic.select import exclusion, select
+from graphopt.exclusion import exclusion
+from graphopt.passes.dynamic.select import select
 from graphopt.passes.dynamic.sensitivity import unit_sqnr
 from graphopt.passes.dynamic.weights import dynamic_matmul, dynamic_quantize, max_depth, quantize_weight, weight_bits
 from graphopt.registry import get_pass

@@ -473,7 +473,8 @@ def test_smoothquant_evens_out_the_outlier_channel_instead_of_a_fallback():
 
 
 def test_smoothing_alone_is_exact_in_float():
-    from graphopt.passes.quantize.plan import build_plan, exclusion
+    from graphopt.exclusion import exclusion
+    from graphopt.passes.quantize.plan import build_plan
     from graphopt.passes.quantize.profiles import get_profile
     from graphopt.passes.quantize.smooth import smooth
 

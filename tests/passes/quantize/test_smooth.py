@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import run_ort
 from graphopt import optimize
 from graphopt.pass_api import PassContext
-from graphopt.passes.quantize.plan import build_plan, exclusion
+from graphopt.exclusion import exclusion
+from graphopt.passes.quantize.plan import build_plan
 from graphopt.passes.quantize.profiles import get_profile
 from graphopt.passes.quantize.smooth import smooth
 from graphopt.registry import get_pass
