@@ -343,3 +343,18 @@ def test_the_default_recipe_declares_fusing_a_shared_weight():
     assert not any(r["error"] for r in result.report["passes"]), [r["error"] for r in result.report["passes"]]
     fused = records["fuse-bn"]
     assert fused["applied"] and fused["stats"]["bytes_added"] > 4096
+
+
+class KeepsFloat(Pass):
+    """Runs, decides against its rewrite, and says why in its stats (as quantize does when int8
+    measures slower)."""
+
+    name = "keeps-float"
+
+    def run(self, model, ctx):
+        return PassResult(model, False, {"skipped": "int8 measured slower than float here"})
+
+
+def test_a_pass_that_decided_not_to_apply_says_why_in_the_table():
+    result = optimize(models.mlp(), passes=[KeepsFloat()])
+    assert "keeps-float: not applied: int8 measured slower than float here" in result.table

@@ -31,6 +31,8 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{rec['name']}: {rec['error']}")
         elif rec.get("skipped"):
             lines.append(f"{rec['name']}: skipped: {rec['skipped']}")
+        elif not rec["applied"] and isinstance((rec.get("stats") or {}).get("skipped"), str):
+            lines.append(f"{rec['name']}: not applied: {rec['stats']['skipped']}")  # e.g. int8 slower here
     return "\n".join(lines)
 
 
