@@ -20,7 +20,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from graphopt.lossy import Evaluator, worst
+from graphopt.lossy import Evaluator, smallest_fitting_prefix, worst
 from graphopt.tolerance import Budget
 
 
@@ -95,26 +95,8 @@ def fit_smoothing(search: Search, groups: list[list[str]]) -> tuple[frozenset[st
 
 
 def smallest_prefix(n: int, fits: Callable[[int], bool]) -> int | None:
-    """The smallest k in 1..n with fits(k), by doubling then bisection (fits is monotone in k);
-    None when fits(n) fails."""
-    lo, k = 0, 1
-    while True:
-        k = min(k, n)
-        if k == 0:
-            return None
-        if fits(k):
-            break
-        if k == n:
-            return None
-        lo, k = k, k * 2
-    hi = k
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    """The smallest k in 1..n with fits(k) (lossy.smallest_fitting_prefix); None when n is 0."""
+    return smallest_fitting_prefix(n, fits) if n else None
 
 
 __all__ = ["Search", "fit_budget", "fit_smoothing", "smallest_prefix"]
