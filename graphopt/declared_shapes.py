@@ -28,6 +28,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.tensor_checks import proto_graphs
 from graphopt.upstream import call_onnx_api
+from graphopt.verify import checker_problem
 
 
 @dataclass
@@ -59,31 +60,6 @@ def check_input(model: ir.Model) -> InputCheck:
     if result.repaired:
         result.problem = checker_problem(model)
     return result
-
-
-def checker_problem(model: ir.Model) -> str | None:
-    """onnx.checker's (full check) first problem with the model, or None. Tensors kept in
-    external files are checked as typed graph inputs, not read: the checker resolves their
-    locations against the current directory, not the model's, and their contents were
-    checked at load (graphopt.tensor_checks)."""
-    def check(proto: onnx.ModelProto) -> None:
-        _drop_external_initializers(proto.graph)
-        onnx.checker.check_model(proto, full_check=True)
-
-    try:
-        call_onnx_api(check, model)
-    except Exception as exc:  # noqa: BLE001  (the checker raises several types)
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        return lines[0] if lines else type(exc).__name__
-    return None
-
-
-def _drop_external_initializers(graph: onnx.GraphProto) -> None:
-    """call_onnx_api lists every initializer as a graph input too; external ones go from the list."""
-    kept = [t for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
-    if len(kept) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
 
 
 def drop_contradicted(model: ir.Model) -> list[str]:
