@@ -33,8 +33,7 @@ def waterfall_svg(title: str, series: list[tuple[str, float]], width: int = 520)
                      f"<title>{esc(label)}: {fmt(value)}</title></rect>"
                      f"<text x={x(hi) + 4:.1f} y={y + 12} font-size=10>{esc(fmt(value))}</text>")
         previous = value
-    return (f"<figure><svg xmlns='http://www.w3.org/2000/svg' width={width} height={height} "
-            f"role=img aria-label='{esc(title)}'>" + "".join(items) + "</svg></figure>")
+    return f"<figure>{_svg(title, width, height, items)}</figure>"
 
 
 LATENCY_COLORS = {"base": "#888", "faster": "#2a2", "slower": "#c33", "noise": "#bbb"}
@@ -60,8 +59,7 @@ def latency_svg(title: str, rows: list[tuple[str, tuple[float, float, float], st
             f"<path d='M{x(lo):.1f} {cy:.1f}H{x(hi):.1f}M{x(lo):.1f} {cy - 4:.1f}v8M{x(hi):.1f} "
             f"{cy - 4:.1f}v8' stroke='#333' fill='none'/>"
             f"<text x={max(x(hi), x(mid)) + 4:.1f} y={y + 12} font-size=10>{esc(text)}</text>")
-    return (f"<figure><svg xmlns='http://www.w3.org/2000/svg' width={width} height={height} "
-            f"role=img aria-label='{esc(title)}'>" + "".join(items) + "</svg></figure>")
+    return f"<figure>{_svg(title, width, height, items)}</figure>"
 
 
 ERROR_COLORS = {"base": "#888", "exact": "#ccc", "ok": "#999", "lossy": "#d90", "bad": "#c33"}
@@ -92,8 +90,7 @@ def error_svg(title: str, rows: list[tuple[str, float, str, str]], floor: float 
                      f"height={row - 5} fill='{ERROR_COLORS.get(kind, '#999')}'>"
                      f"<title>{esc(label)}: {fmt(value, 3)}</title></rect>"
                      f"<text x={max(end, left) + 4:.1f} y={y + 12} font-size=10>{esc(text)}</text>")
-    return (f"<figure><svg xmlns='http://www.w3.org/2000/svg' width={width} height={height} "
-            f"role=img aria-label='{esc(title)}'>" + "".join(items) + "</svg></figure>")
+    return f"<figure>{_svg(title, width, height, items)}</figure>"
 
 
 def bars_svg(title: str, rows: list[tuple[str, float, str]], width: int = 560, ref: float | None = None) -> str:
@@ -114,6 +111,10 @@ def bars_svg(title: str, rows: list[tuple[str, float, str]], width: int = 560, r
     if ref is not None:
         items.append(f"<line x1={x(ref):.1f} x2={x(ref):.1f} y1=18 y2={height} stroke='#c33' "
                      "stroke-dasharray='4 3'/>")
+    return _svg(title, width, height, items)
+
+
+def _svg(title: str, width: int, height: float, items: list[str]) -> str:
     return (f"<svg xmlns='http://www.w3.org/2000/svg' width={width} height={height} role=img "
             f"aria-label='{esc(title)}'>" + "".join(items) + "</svg>")
 
