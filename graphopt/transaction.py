@@ -32,7 +32,9 @@ from typing import Any, Callable, Iterator
 from graphopt.errors import InputError
 
 STAGING_PREFIX = ".graphopt-"
-_STAGING = re.compile(r"\.graphopt-(\d+)-")
+# what mkdtemp / mkstemp make from STAGING_PREFIX + "<pid>-" (random [a-z0-9_]; no dots)
+_STAGING = re.compile(r"\.graphopt-(\d+)-[a-z0-9_]+")
+_STAGING_PARTS = frozenset({"new", "old"})
 _DEFAULT_NAME_MAX = 255
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
@@ -79,8 +81,8 @@ def remove_stale_staging(folder: Path, say: Callable[[str], None] | None = None)
     except OSError:
         return removed
     for entry in entries:
-        match = _STAGING.match(entry.name)
-        if not match or _alive(int(match.group(1))):
+        match = _STAGING.fullmatch(entry.name)
+        if not match or not _staging_shaped(entry) or _alive(int(match.group(1))):
             continue
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
@@ -90,6 +92,17 @@ def remove_stale_staging(folder: Path, say: Callable[[str], None] | None = None)
         removed.append(path)
         (say or _log.warning)(f"removed stale staging {path} (left by a killed run, pid {match.group(1)})")
     return removed
+
+
+def _staging_shaped(entry: os.DirEntry) -> bool:
+    """Only what a run makes: a folder holding nothing but new/ and old/, or an empty probe file;
+    a user's file or folder that happens to share the name pattern is never touched."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return set(os.listdir(entry.path)) <= _STAGING_PARTS
+        return entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size == 0
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

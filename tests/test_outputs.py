@@ -245,3 +245,19 @@ def test_write_report_keeps_short_staging_names(tmp_path):
     write_report({"model": {}}, page)
     assert [p.name for p in tmp_path.iterdir()] == [page.name]
     assert oct(page.stat().st_mode & 0o777) != "0o600"
+
+
+def test_stale_staging_cleanup_never_touches_user_files_that_share_the_name_pattern(tmp_path):
+    dead = 999_999_999  # beyond pid_max: never a live process
+    user_folder = tmp_path / f".graphopt-{dead}-mydata"
+    user_folder.mkdir()
+    (user_folder / "calib.npz").write_bytes(b"data")
+    user_model = tmp_path / f".graphopt-{dead}-model.onnx"
+    user_model.write_bytes(b"a model")
+    user_file = tmp_path / f".graphopt-{dead}-notes"
+    user_file.write_text("not empty")
+    staged = tmp_path / f".graphopt-{dead}-k3x9q2_a"
+    (staged / "new").mkdir(parents=True)
+    removed = remove_stale_staging(tmp_path, lambda message: None)
+    assert removed == [staged]
+    assert user_folder.is_dir() and (user_folder / "calib.npz").exists() and user_model.exists() and user_file.exists()
