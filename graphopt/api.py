@@ -31,7 +31,7 @@ from graphopt.report import build_report, format_table
 from graphopt.runtime import resolve_providers
 from graphopt.tolerance import Budget, Lossy
 from graphopt.targets import get_target, target_problems
-from graphopt.verify import reference_outputs
+from graphopt.verify import reference_outputs, structural_problems
 
 SYNTHETIC_FEEDS = 2
 SYNTHETIC = "synthetic"  # `--calib synthetic`: run lossy passes on generated inputs (opt-in)
@@ -69,9 +69,9 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
     if recipe == "auto":
         if passes is not None:
             raise InputError("give either --passes or --recipe, not both")
-        return optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
-                             budget=budget, seed=seed, target=target, threads=threads,
-                             runs=bench_runs, reports=reports, progress=progress)
+        return _optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
+                              budget=budget, seed=seed, target=target, threads=threads,
+                              runs=bench_runs, reports=reports, progress=progress)
     loaded = _load_checked(source, output, reports, data, calib)
     declared = check_input(loaded.model)  # contradicted declared shapes dropped before any pass
     profile = get_target(target)
@@ -89,7 +89,8 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
         if (verify != "off" or run_budget.limits) and loaded.path is not None:
             reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
         declared.refuse_if_invalid(loaded.path)  # after ORT had its say on the file
-        result = manager.run(loaded.model, reference)
+        known = frozenset(structural_problems(loaded.model, checked=True))
+        result = manager.run(loaded.model, reference, known_problems=known)
         provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
         report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
                               output_path=str(output) if output else None, providers=provider_info,
@@ -106,6 +107,14 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
     Chains that start alike (the lossless or modern clean-up) share that prefix: it runs once,
     verified, and each candidate's lossy passes run on a copy of its result."""
     data, calib, shapes = check_optimize_arguments({**locals(), "bench_runs": runs})
+    return _optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes, budget=budget,
+                          seed=seed, target=target, threads=threads, runs=runs, progress=progress,
+                          reports=list(reports))
+
+
+def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
+                   threads: int, runs: int, progress, reports: list) -> OptimizeResult:
+    """`optimize_auto` on arguments already checked (check_optimize_arguments)."""
     from graphopt import auto
     from graphopt.lossy import effective_budget
     from graphopt.registry import registered_passes
@@ -129,17 +138,19 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
     config = RunConfig(verify="each", on_fail="rollback", budget=run_budget)
     reference = reference_outputs(loaded.path or loaded.model, feeds)
     declared.refuse_if_invalid(loaded.path)
+    known = frozenset(structural_problems(loaded.model, checked=True))  # once, for every chain
     prefixes: dict[tuple[str, ...], tuple[Any, list]] = {}
 
     def run_chain(prefix: list[str], tail: list[str]) -> OptimizeResult:
         if tuple(prefix) not in prefixes:
             manager = _manager(passes_from_spec(",".join(prefix)), config, feeds, calib_feeds, seed, None)
-            prefixes[tuple(prefix)] = manager.run(loaded.model.clone(), reference), manager.previous
+            prefixes[tuple(prefix)] = (manager.run(loaded.model.clone(), reference, known_problems=known),
+                                       manager.previous)
         base, base_outputs = prefixes[tuple(prefix)]
         result = base
         if tail:
             manager = _manager(passes_from_spec(",".join(tail)), config, feeds, calib_feeds, seed, None)
-            result = manager.run(base.model.clone(), reference, previous=base_outputs)
+            result = manager.run(base.model.clone(), reference, previous=base_outputs, known_problems=known)
             result = replace(result, passes=[*base.passes, *result.passes], before=base.before)
         report = build_report(result, input_path=str(loaded.path) if loaded.path else None, output_path=None,
                               providers={}, feeds=data_info, threads=threads)

@@ -15,12 +15,8 @@ import logging
 import sys
 import traceback
 
+from graphopt.arguments import RUNS, SEED, THREADS
 from graphopt.errors import GraphoptError
-
-
-RUNS = (1, 100_000)  # graphopt.bench.MAX_RUNS
-THREADS = (0, 1024)  # 0: ONNX Runtime's default
-SEED = (0, (1 << 32) - 1)
 
 
 def _int_in(low: int, high: int):

@@ -87,22 +87,26 @@ class PassManager:
         self.known_problems: frozenset[str] = frozenset()
 
     def run(self, model: ir.Model, reference: list[Feed] | None = None,
-            previous: list[Feed] | None = None) -> RunResult:
+            previous: list[Feed] | None = None, known_problems: frozenset[str] | None = None) -> RunResult:
         """Run every pass; `reference` = outputs of the input model on the feeds, if already known;
-        `previous` = outputs of `model` when it is not the input model (a verified prefix's result)."""
+        `previous` = outputs of `model` when it is not the input model (a verified prefix's result);
+        `known_problems` = the input's structural problems, if already known (not held against a pass)."""
         if self.config.verify != "off" or self.config.budget.limits:
             self.reference = reference if reference is not None else self._reference(model)
             self.previous = previous if previous is not None else self.reference
-            self.known_problems = frozenset(structural_problems(model))
+            self.known_problems = (known_problems if known_problems is not None
+                                   else frozenset(structural_problems(model)))
             check_run_budget(self.config.budget, self.reference, self.feeds, self.ctx.logger)
         self.ctx.holdout, self.ctx.reference = list(self.feeds), self.reference
         if self.ctx.progress is None:
             self.ctx.progress = self.progress
         # passes edit in place; --verify end replays them from an untouched clone
-        original = model.clone() if self.config.verify == "end" else None
+        # (tensors shared; passes never write into them, so the clone stays the input model)
+        needs_input = self.config.verify == "end" or self.config.bench
+        input_model = model.clone() if needs_input else None
+        original = input_model if self.config.verify == "end" else None
         before = model_size(model)
         baseline = self._bench(model, "input model") if self.config.bench else None
-        input_model = model.clone() if self.config.bench else None  # tensors shared; passes never write them
         records = []
         for i, p in enumerate(self.passes, 1):
             self.progress(f"[{i}/{len(self.passes)}] {p.name}")

@@ -66,9 +66,9 @@ def test_candidates_with_the_same_prefix_share_its_run(monkeypatch, tmp_path):
     runs = []
     original = PassManager.run
 
-    def counting_run(self, model, reference=None, previous=None):
+    def counting_run(self, model, reference=None, previous=None, **kwargs):
         runs.append([p.name for p in self.passes])
-        return original(self, model, reference, previous)
+        return original(self, model, reference, previous, **kwargs)
 
     monkeypatch.setattr(PassManager, "run", counting_run)
     result = optimize("models/default.onnx", None, recipe="auto", budget={"cosine": 0.9}, bench_runs=5,

@@ -66,10 +66,6 @@ class BlockQuantized:
     zero_points: np.ndarray | None
     fmt: BlockFormat
 
-    @property
-    def rows(self) -> int:
-        return self.q.shape[0]
-
     def dequantize(self) -> np.ndarray:
         return dequantize(self.q, self.scales, self.zero_points, self.fmt.block_size)
 
