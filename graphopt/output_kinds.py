@@ -41,6 +41,7 @@ Values measured on real models: docs/budget-task-metrics.md.
 from __future__ import annotations
 
 from collections import Counter
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,16 +156,22 @@ def _class_scores(name: str, arrays: list[np.ndarray], rank: int) -> tuple[str |
         return "log_probabilities", "values <= 0 with logsumexp 0 over the last axis"
     if rank > 3:
         return None, "rank > 3 and not a (log-)softmax"
-    low = name.lower()
     if not any(float(np.min(a)) < 0 for a in arrays):
         return None, "no negative value (not logits)"
-    if any(word in low for word in LOGIT_WORDS):
+    if _names(name, LOGIT_WORDS):
         return "logits", f"name '{name}' names logits"
-    if any(word in low for word in OTHER_WORDS):
+    if _names(name, OTHER_WORDS):
         return None, f"name '{name}' names features, a map or a regression"
-    if any(word in low for word in CLASS_WORDS):
+    if _names(name, CLASS_WORDS):
         return "logits", f"name '{name}' names class scores"
     return _decisive(rows)
+
+
+def _names(name: str, words: tuple[str, ...]) -> bool:
+    """Whether a word of `name` (split at digits, punctuation and case) starts with one of `words`:
+    "bbox_scores" names scores, not a box; "pooler_output" names a pooling."""
+    tokens = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
+    return any(token.lower().startswith(word) for token in tokens for word in words)
 
 
 def _decisive(rows: np.ndarray) -> tuple[str | None, str]:

@@ -102,3 +102,11 @@ def test_minilm_outputs_are_embeddings_not_class_scores(minilm_path):
     assert kinds["pooler_output"].label() == "embedding [N, D]"
     for name, array in reference[0].items():  # without the names' help, by the values alone
         assert not infer_kind("y", [array], [16]).class_scores, name
+
+
+@pytest.mark.parametrize("name, scores", [("bbox_scores", "logits"), ("classLogits", "logits"),
+                                          ("dense_map", None), ("pooler_output", None), ("xbox_feat", None)])
+def test_name_words_are_matched_at_word_starts_not_anywhere(name, scores):
+    """'bbox_scores' names scores (its 'box' is inside a word), camelCase splits into words."""
+    random_logits = RNG.normal(size=(4, 10)).astype(np.float32)  # values alone cannot tell
+    assert infer_kind(name, [random_logits]).scores == scores
