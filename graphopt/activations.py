@@ -98,8 +98,11 @@ def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
 
 def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, consume: Consumer,
                        max_bytes: int = DEFAULT_MAX_BYTES,
-                       progress: Callable[[str], None] | None = None) -> StreamStats:
+                       progress: Callable[[str], None] | None = None,
+                       many_sessions: bool = False) -> StreamStats:
     """Run `model` over `feeds()` and call `consume(batch_index, {name: array})` per batch.
+    `many_sessions`: sessions whose threads do not spin after a run (graphopt.runtime), so a
+    consumer that computes leaves the cores to them.
 
     Each chunk of names is one pass over the feeds; a consumer sees each name exactly once
     per batch. Raises InputError when the feeds are empty or ORT rejects a feed.
@@ -112,7 +115,7 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
     chunks = plan_chunks(values, max_bytes) if values else []
     batches = 0
     for ci, chunk in enumerate(chunks):
-        session = exposed_session(with_outputs(model, chunk), owned=True)
+        session = exposed_session(with_outputs(model, chunk), owned=True, many_sessions=many_sessions)
         try:
             batches = run_exposed(session, chunk, feeds, consume, progress, (ci, len(chunks)))
         finally:

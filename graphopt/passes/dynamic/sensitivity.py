@@ -23,11 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.activations import DEFAULT_MAX_BYTES, exposed_session, plan_chunks, run_exposed, with_outputs
+from graphopt.activations import stream_activations
 from graphopt.passes.dynamic.build import quantize_layout, unit_weight
 from graphopt.passes.dynamic.select import Unit, constant_tensor, node_keys
 from graphopt.passes.dynamic.weights import dynamic_quantize
-from graphopt.runtime import return_freed_memory
 
 Feed = dict[str, np.ndarray]
 
@@ -58,10 +57,6 @@ def unit_sqnr(model: ir.Model, units: dict[str, Unit], feeds: list[Feed], per_ch
     smoothing = smoothing or {}
     profiles = {key: _profile(unit, nodes[key], per_channel, bits, smoothing.get(key, {"none": None}))
                 for key, unit in units.items()}
-    values = {}
-    for key in units:
-        values[nodes[key].inputs[0].name] = nodes[key].inputs[0]
-        values[nodes[key].outputs[0].name] = nodes[key].outputs[0]
 
     def consume(_: int, arrays: dict[str, np.ndarray]) -> None:
         for p in profiles.values():  # a chunk of the exposed values at a time (activations.py)
@@ -71,8 +66,8 @@ def unit_sqnr(model: ir.Model, units: dict[str, Unit], feeds: list[Feed], per_ch
             if p.y in arrays:
                 p.signal += float(np.sum(np.square(arrays[p.y], dtype=np.float64)))
 
-    _stream(model, [values[name] for name in sorted({n for p in profiles.values() for n in (p.x, p.y)})],
-            feeds, consume)
+    names = sorted({n for p in profiles.values() for n in (p.x, p.y)})
+    stream_activations(model, names, lambda: iter(feeds), consume, many_sessions=True)
     return {key: {label: _unit_db(units[key], p.signal, v.noise, p) for label, v in p.variants.items()}
             for key, p in profiles.items()}
 
@@ -120,18 +115,6 @@ def _db(signal: float, noise: float) -> float:
     if noise <= 0:
         return float("inf")
     return float(10 * np.log10(signal / noise)) if signal > 0 else float("-inf")
-
-
-def _stream(model: ir.Model, values: list[ir.Value], feeds: list[Feed], consume) -> None:
-    """graphopt.activations' streaming, in sessions whose threads do not spin after a run
-    (`many_sessions`), so they leave the cores to `consume`."""
-    for chunk in plan_chunks(values, DEFAULT_MAX_BYTES):
-        session = exposed_session(with_outputs(model, chunk), many_sessions=True, owned=True)
-        try:
-            run_exposed(session, chunk, lambda: iter(feeds), consume, None, (0, 1))
-        finally:
-            del session
-            return_freed_memory()
 
 
 __all__ = ["unit_sqnr"]
