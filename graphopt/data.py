@@ -179,6 +179,11 @@ def _static_shape(value: ir.Value):
     return None
 
 
+def feed_files(path: Path) -> list[Path]:
+    """The .npz files a data path is read from: the file itself, or a directory's .npz (sorted)."""
+    return sorted(path.glob("*.npz")) if path.is_dir() else [path]
+
+
 def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:
     """Load feeds from an .npz (first axis = samples, split into feeds of the model's batch
     size; see the module docstring) or a directory of .npz (one feed each)."""
@@ -187,7 +192,7 @@ def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:
         raise InputError(f"{path}: no such data file or directory")
     specs = input_specs(model)
     if path.is_dir():
-        files = sorted(path.glob("*.npz"))
+        files = feed_files(path)
         if not files:
             raise InputError(f"{path}: directory holds no .npz files")
         feeds = [dict(_read_npz(f)) for f in files]

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 import onnx_ir as ir
 
+from graphopt.data import feed_files
 from graphopt.errors import InputError
 from graphopt.io import stage_model
 from graphopt.report.document import render_report
@@ -89,7 +90,7 @@ def plan_writes(output: str | os.PathLike | None, reports: Iterable[str | os.Pat
 def _data_reads(flag: str, path: Path) -> list[Access]:
     reads = [Access(path, f"the {flag} data")]
     if path.is_dir():
-        reads += [Access(f, f"a {flag} data file (in {path})") for f in sorted(path.glob("*.npz"))]
+        reads += [Access(f, f"a {flag} data file (in {path})") for f in feed_files(path)]
     return reads
 
 

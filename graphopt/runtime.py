@@ -199,3 +199,14 @@ def run_feeds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]])
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is unavailable): which int8 kernels
+    ONNX Runtime's CPU EP picks (VNNI, AMX) depends on them."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())

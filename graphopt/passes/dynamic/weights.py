@@ -18,9 +18,10 @@ int16 with `vpmaddubsw`, which saturates for 255·127·2 > 32767; with |Wq| <= 6
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from graphopt.runtime import cpu_flags
 
 INT32_MAX = 2**31 - 1
 
@@ -83,15 +84,5 @@ def weight_bits(flags: frozenset[str] | None = None) -> int:
     return 7 if "avx2" in flags and not vnni else 8
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo is unavailable)."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return frozenset()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
-
-
-__all__ = ["QuantizedWeight", "cpu_flags", "dynamic_matmul", "dynamic_quantize", "max_depth", "quantize_weight",
+__all__ = ["QuantizedWeight", "dynamic_matmul", "dynamic_quantize", "max_depth", "quantize_weight",
            "weight_bits"]

@@ -35,10 +35,11 @@ accumulation) or AMX, full 8-bit weights are exact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from graphopt.runtime import cpu_flags
 
 
 @dataclass(frozen=True)
@@ -188,18 +189,6 @@ def cpu_int8_class(flags: frozenset[str]) -> str:
     if "avx2" in flags:
         return "avx2"
     return "other"
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo is unavailable)."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
 
 
 def get_profile(name: str, flags: frozenset[str] | None = None) -> QuantProfile:
