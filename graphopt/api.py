@@ -19,8 +19,7 @@ from typing import Any, Callable, Iterable
 from graphopt.arguments import check_optimize_arguments
 from graphopt.bench import BenchConfig
 from graphopt.declared_shapes import check_input
-from graphopt.data import (Feed, input_specs, load_feeds, parse_shapes, reject_infinite, split_holdout, synthesize_feeds,
-                           validate_feed)
+from graphopt.data import Feed
 from graphopt.errors import InputError
 from graphopt.io import LoadedModel, external_data_files, load_model, to_kind, uses_external_data
 from graphopt.manager import PassManager, RunConfig
@@ -28,14 +27,11 @@ from graphopt.outputs import Transaction, plan_writes, write_outputs
 from graphopt.pass_api import Pass, PassContext
 from graphopt.recipes import DEFAULT_RECIPE, passes_from_recipe, passes_from_spec
 from graphopt.report import build_report, format_table
+from graphopt.run_data import RunData, is_synthetic, require_real_data, run_feeds
 from graphopt.runtime import resolve_providers
 from graphopt.tolerance import Budget, Lossy
 from graphopt.targets import get_target, target_problems
 from graphopt.verify import reference_outputs, structural_problems
-
-SYNTHETIC_FEEDS = 2
-SYNTHETIC = "synthetic"  # `--calib synthetic`: run lossy passes on generated inputs (opt-in)
-
 
 @dataclass
 class OptimizeResult:
@@ -77,18 +73,19 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
     profile = get_target(target)
     pass_list = _resolve_passes(passes, recipe, target)
     lossy = [p.name for p in pass_list if isinstance(p.tolerance, Lossy)]
-    _require_real_data(lossy, data, calib)
+    require_real_data(lossy, data, calib)
     run_budget = _as_budget(budget)
     choice = resolve_providers(providers) if bench else None  # default: every available EP
-    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed, bool(lossy))
+    run = run_feeds(loaded, data, calib, shapes, seed, bool(lossy))
+    feeds, data_info = run.verification, run.info
     config = RunConfig(verify=verify, on_fail=on_fail, budget=run_budget,
                        bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
-    manager = _manager(pass_list, config, feeds, calib_feeds, seed, progress)
     with Transaction(say=progress) as txn:  # SIGINT/SIGTERM from here on leave nothing behind
         reference = None
         if (verify != "off" or run_budget.limits) and loaded.path is not None:
             reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
         declared.refuse_if_invalid(loaded.path)  # after ORT had its say on the file
+        manager = _manager(pass_list, config, run, seed, progress, _search_reference(loaded, run, lossy))
         known = frozenset(structural_problems(loaded.model, checked=True))
         result = manager.run(loaded.model, reference, known_problems=known)
         provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
@@ -128,28 +125,30 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
     chains = auto.candidate_chains(lossless, set(registered_passes()), goal)
     tried = {item.split(":", 1)[0] for _, _, tail, _ in chains for item in tail}
     lossy = ["auto"] if any(isinstance(registered_passes()[n].tolerance, Lossy) for n in tried) else []
-    _require_real_data(lossy, data, calib)
+    require_real_data(lossy, data, calib)
     say = progress or (lambda message: None)
     reports = list(reports)
     loaded = _load_checked(source, output, reports, data, calib)
     declared = check_input(loaded.model)
-    feeds, calib_feeds, data_info = _feeds(loaded, data, calib, shapes, seed, bool(lossy))
+    run = run_feeds(loaded, data, calib, shapes, seed, bool(lossy))
+    feeds, data_info = run.verification, run.info
     say("auto: reference outputs")
     config = RunConfig(verify="each", on_fail="rollback", budget=run_budget)
     reference = reference_outputs(loaded.path or loaded.model, feeds)
     declared.refuse_if_invalid(loaded.path)
+    search_reference = _search_reference(loaded, run, lossy)
     known = frozenset(structural_problems(loaded.model, checked=True))  # once, for every chain
     prefixes: dict[tuple[str, ...], tuple[Any, list]] = {}
 
     def run_chain(prefix: list[str], tail: list[str]) -> OptimizeResult:
         if tuple(prefix) not in prefixes:
-            manager = _manager(passes_from_spec(",".join(prefix)), config, feeds, calib_feeds, seed, None)
+            manager = _manager(passes_from_spec(",".join(prefix)), config, run, seed, None, search_reference)
             prefixes[tuple(prefix)] = (manager.run(loaded.model.clone(), reference, known_problems=known),
                                        manager.previous)
         base, base_outputs = prefixes[tuple(prefix)]
         result = base
         if tail:
-            manager = _manager(passes_from_spec(",".join(tail)), config, feeds, calib_feeds, seed, None)
+            manager = _manager(passes_from_spec(",".join(tail)), config, run, seed, None, search_reference)
             result = manager.run(base.model.clone(), reference, previous=base_outputs, known_problems=known)
             result = replace(result, passes=[*base.passes, *result.passes], before=base.before)
         report = build_report(result, input_path=str(loaded.path) if loaded.path else None, output_path=None,
@@ -176,11 +175,19 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
     return OptimizeResult(to_kind(model, loaded), report, Path(output) if output else None)
 
 
-def _manager(pass_list: list[Pass], config: RunConfig, feeds: list[Feed], calib_feeds: list[Feed], seed: int,
-             progress) -> PassManager:
-    ctx = PassContext(seed=seed, budget=config.budget,
-                      calibration=(lambda: iter(calib_feeds)) if calib_feeds else None)
-    return PassManager(pass_list, config, feeds, ctx, progress)
+def _manager(pass_list: list[Pass], config: RunConfig, run: RunData, seed: int, progress,
+             search_reference: list[Feed] | None) -> PassManager:
+    calib = run.calibration
+    ctx = PassContext(seed=seed, budget=config.budget, calibration=(lambda: iter(calib)) if calib else None,
+                      search=run.search if search_reference is not None else [], search_reference=search_reference)
+    return PassManager(pass_list, config, run.verification, ctx, progress)
+
+
+def _search_reference(loaded: LoadedModel, run: RunData, lossy: list[str]) -> list[Feed] | None:
+    """The input model's outputs on the search feeds (graphopt.run_data), for runs with lossy passes."""
+    if not lossy or not run.search:
+        return None
+    return reference_outputs(loaded.path or loaded.model, run.search)
 
 
 def _load_checked(source: Any, output, reports: list | tuple = (), data=None, calib=None) -> LoadedModel:
@@ -188,7 +195,7 @@ def _load_checked(source: Any, output, reports: list | tuple = (), data=None, ca
     each other (graphopt.outputs), before any pass runs."""
     loaded = load_model(source)
     plan_writes(output, reports, input_path=loaded.path, weight_files=sorted(external_data_files(loaded.model)),
-                data={"--data": data, "--calib": None if _is_synthetic(calib) else calib},
+                data={"--data": data, "--calib": None if is_synthetic(calib) else calib},
                 external_likely=uses_external_data(loaded.model))
     return loaded
 
@@ -209,91 +216,3 @@ def _as_budget(budget: list[str] | dict[str, float] | Budget | None) -> Budget:
     if isinstance(budget, dict):
         return Budget.parse([f"{k}={v}" for k, v in budget.items()])
     return Budget.parse(list(budget))
-
-
-def _require_real_data(lossy: list[str], data, calib) -> None:
-    """Lossy passes calibrate and judge themselves on the run's data; on generated inputs they
-    pass on noise (an int8 captcha CRNN expecting 0..255 pixels verified at cosine 0.9993 on
-    standard-normal inputs, then read 1% of captchas). Without --data or --calib they are
-    refused unless the user opts in with `--calib synthetic`."""
-    if lossy and data is None and calib is None:
-        raise InputError(f"{lossy[0]} needs calibration data: --calib DATA (or --calib {SYNTHETIC} to run on "
-                         "generated inputs, unchecked on real data)")
-
-
-def _is_synthetic(calib) -> bool:
-    """The literal keyword wins over a file of that name; `./synthetic` means the file."""
-    return isinstance(calib, str) and calib == SYNTHETIC
-
-
-def _feeds(loaded: LoadedModel, data, calib, shapes, seed: int, calibrates: bool = True):
-    """Verification feeds, calibration feeds, and the report's "data": feeds read and used on
-    each side, samples, how many held out, and whether verification data is real. With --calib
-    and no --data the last quarter of the calibration feeds is held out (graphopt.data's rule);
-    without either (or with `--calib synthetic`) feeds are synthesized and serve both sides.
-    `calibrates`: whether the run has a lossy pass (the summary line mentions calibration only then)."""
-    model = loaded.model
-    specs = input_specs(model)
-    shape_map = parse_shapes(shapes, specs) if isinstance(shapes, list) else (shapes or {})
-    synthetic = _is_synthetic(calib)
-    calib_feeds = _load(calib, model) if calib is not None and not synthetic else []
-    reject_infinite(calib_feeds, f"--calib {calib}" if isinstance(calib, (str, os.PathLike)) else "calibration data")
-    read = {"calib_feeds_read": len(calib_feeds), "data_feeds_read": 0}
-    if data is not None:
-        feeds = _load(data, model)
-        read["data_feeds_read"] = len(feeds)
-        return feeds, calib_feeds, _data_info("data", read, calib_feeds or feeds, feeds, 0, synthetic, calibrates)
-    if calib_feeds:
-        calib_part, held_out = split_holdout(calib_feeds)
-        return held_out, calib_part, _data_info("held-out calibration", read, calib_part, held_out,
-                                                len(held_out), False, calibrates)
-    feeds = synthesize_feeds(model, SYNTHETIC_FEEDS, shape_map, seed)
-    info = _data_info("synthetic", read, feeds, feeds, 0, synthetic, calibrates)
-    info["seed"] = seed
-    return feeds, [], info
-
-
-def _data_info(verify: str, read: dict[str, int], calibration: list[Feed], verification: list[Feed],
-               held_out: int, synthetic_opt_in: bool, calibrates: bool) -> dict[str, Any]:
-    """The report's "data" entry, with the summary line the CLI prints."""
-    calib_from = "calib" if read["calib_feeds_read"] else verify
-    info = {"verify": verify, "calibration": calib_from, "synthetic": verify == "synthetic", **read,
-            "calibration_feeds": len(calibration), "verification_feeds": len(verification),
-            "held_out": held_out, "calibration_samples": _samples(calibration),
-            "verification_samples": _samples(verification), "count": len(verification), "warnings": []}
-    cal, ver = _count(calibration), _count(verification)
-    if verify == "held-out calibration":
-        line = f"{read['calib_feeds_read']} feeds read from --calib: {cal} calibrate, {ver} held out to verify"
-    elif calib_from == "calib":
-        line = f"{cal} read from --calib calibrate; {ver} read from --data verify"
-    else:
-        where = "read from --data" if verify == "data" else "synthesized"
-        line = f"{ver} {where} verify" + ("; lossy passes calibrate on them too" if calibrates else "")
-    info["summary"] = f"data: {line}"
-    if verify == "synthetic" and synthetic_opt_in:
-        info["warnings"].append("calibrated and verified on synthetic inputs: nothing was checked on real data")
-    if synthetic_opt_in and Path(SYNTHETIC).exists():
-        info["warnings"].append(f"--calib {SYNTHETIC} means generated inputs; write ./{SYNTHETIC} for the "
-                                "file or directory of that name")
-    return info
-
-
-def _count(feeds: list[Feed]) -> str:
-    return f"{len(feeds)} feed{'' if len(feeds) == 1 else 's'} ({_samples(feeds)} samples)"
-
-
-def _samples(feeds: list[Feed]) -> int:
-    """Samples in the feeds: each feed's first axis (its batch), 1 for scalar feeds."""
-    return sum(next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in feeds)
-
-
-def _load(source, model) -> list[Feed]:
-    if isinstance(source, (str, os.PathLike)):
-        return load_feeds(source, model)
-    feeds = [dict(feed) for feed in source]
-    if not feeds:
-        raise InputError("data holds no feeds")
-    specs = input_specs(model)
-    for i, feed in enumerate(feeds):
-        validate_feed(feed, specs, f"feed {i}")
-    return feeds

@@ -136,7 +136,28 @@ def interleaved_timings(sessions: list, feed: dict[str, np.ndarray], runs: int, 
                 session.run(None, feed)
                 times.append((time.perf_counter() - start) * 1e3)
     return [{"p50_ms": float(np.median(t)), "p10_ms": float(np.percentile(t, 10)),
-             "p90_ms": float(np.percentile(t, 90)), "runs": len(t)} for t in samples]
+             "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
+             "blocks": [float(np.median(t[i:i + block])) for i in range(0, len(t), block)]} for t in samples]
+
+
+def paired_verdict(base: dict, new: dict, margin: float) -> dict:
+    """Whether `new` is faster or slower than `base` (two `interleaved_timings` results) beyond
+    noise. Blocks timed back to back see the same machine state, so the ratio new/base is taken
+    block by block: "faster" when even its 75th percentile is under 1 - margin, "slower" when its
+    25th percentile is over 1 + margin, else "within noise". A burst of load that hits a few
+    blocks moves a few ratios, not the quartiles; a load that flips the order of the medians
+    (seen on a shared 2-core machine: int8 21 ms vs float 13 ms, then 13 ms vs 22 ms) shows as
+    quartiles on both sides of 1. Fewer than 3 block pairs are always "within noise"."""
+    ratios = np.array(new["blocks"]) / np.maximum(np.array(base["blocks"][:len(new["blocks"])]), 1e-9)
+    q25, q50, q75 = (float(v) for v in np.percentile(ratios, [25, 50, 75])) if len(ratios) else (1.0,) * 3
+    if len(ratios) >= 3 and q75 < 1 - margin:
+        verdict = "faster"
+    elif len(ratios) >= 3 and q25 > 1 + margin:
+        verdict = "slower"
+    else:
+        verdict = "within noise"
+    return {"verdict": verdict, "ratio": round(q50, 3), "ratio_q25_q75": [round(q25, 3), round(q75, 3)],
+            "pairs": int(len(ratios))}
 
 
 def bench_pair(before: ir.Model, after: ir.Model, feed: dict[str, np.ndarray],

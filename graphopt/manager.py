@@ -24,7 +24,7 @@ import onnx_ir as ir
 from graphopt.bench import BenchConfig, bench_model, bench_pair
 from graphopt.errors import InputError, VerificationError
 from graphopt.io import release_mappings
-from graphopt.lossy import check_run_budget
+from graphopt.lossy import check_run_budget, run_with_retries
 from graphopt.pass_api import Feed, Pass, PassContext, PassResult, structure_fingerprint, types_fingerprint
 from graphopt.size import ModelSize, data_bytes, growth_problem, model_size
 from graphopt.tolerance import Budget, Exact, Lossy, Reassoc, Tolerance
@@ -110,7 +110,11 @@ class PassManager:
         records = []
         for i, p in enumerate(self.passes, 1):
             self.progress(f"[{i}/{len(self.passes)}] {p.name}")
-            model, record = self._run_one(p, model, verify=self.config.verify == "each")
+            each = self.config.verify == "each"
+            if each and self.config.on_fail == "rollback":
+                model, record = run_with_retries(lambda m: self._run_one(p, m, each), p, model, self.ctx)
+            else:
+                model, record = self._run_one(p, model, verify=each)
             records.append(record)
         final = None
         if self.config.verify == "end":

@@ -99,6 +99,8 @@ class PassContext:
     budget: Budget = field(default_factory=Budget)
     holdout: list[Feed] = field(default_factory=list)  # verification feeds (the manager sets them)
     reference: list[Feed] | None = None  # the input model's outputs on `holdout`
+    search: list[Feed] = field(default_factory=list)  # feeds lossy passes size themselves on (run_data)
+    search_reference: list[Feed] | None = None  # the input model's outputs on `search`
     progress: Callable[[str], None] | None = None
     _analyses: dict[type, Any] = field(default_factory=dict)
     _names: NameAuthority | None = None
@@ -130,10 +132,13 @@ class PassContext:
         return (lambda: iter(feeds)), "verification feeds (no --calib given)"
 
     def evaluator(self, model: ir.Model):
-        """An `Evaluator` on the held-out feeds against the run's input-model reference
-        (computed from `model` when the run has none, e.g. with --verify off)."""
+        """An `Evaluator` against the run's input-model reference on the search feeds, which the
+        verification never sees (graphopt.run_data); without them, on the verification feeds. The
+        reference is computed from `model` when the run has none (e.g. with --verify off)."""
         from graphopt.lossy import Evaluator
 
+        if self.search and self.search_reference is not None:
+            return Evaluator(self.search, self.search_reference)
         if self.reference is not None and self.holdout:
             return Evaluator(self.holdout, self.reference)
         return Evaluator.for_model(model, self.holdout)

@@ -93,7 +93,8 @@ def test_a_combination_is_skipped_when_a_part_did_not_pay(monkeypatch):
     skipped, and the Pareto print says why."""
     import graphopt.passes.quantize.speed as quant_speed
 
-    monkeypatch.setattr(quant_speed, "interleaved_p50", lambda sessions, feed, runs: [1.0] + [2.0] * (len(sessions) - 1))
+    monkeypatch.setattr(quant_speed, "interleaved_timings", lambda sessions, feed, runs, block: [
+        {"p50_ms": t, "blocks": [t] * 10} for t in [1.0] + [2.0] * (len(sessions) - 1)])
     monkeypatch.setattr(auto, "CANDIDATES", (
         ("lossless", (), ()),
         ("int8 percentile", ("quantize:method=percentile;cache_dir=off",), ()),

@@ -358,3 +358,34 @@ class KeepsFloat(Pass):
 def test_a_pass_that_decided_not_to_apply_says_why_in_the_table():
     result = optimize(models.mlp(), passes=[KeepsFloat()])
     assert "keeps-float: not applied: int8 measured slower than float here" in result.table
+
+
+class OverfitScale(ScaleOutput):
+    """Sizes itself to the budget's snr_db bound but overshoots it by 1.5x in error (as a search
+    that fitted its own feeds too tightly does on other feeds)."""
+
+    name = "overfit-scale"
+
+    def __init__(self):
+        super().__init__(0.0)
+
+    def run(self, model, ctx):
+        from graphopt.lossy import effective_budget
+
+        limit = effective_budget(ctx.budget).limits["snr_db"]
+        self.eps = 1.5 * 10 ** (-limit / 20)
+        result = super().run(model, ctx)
+        return PassResult(result.model, True, {"budget": {"limits": {"snr_db": limit}}})
+
+
+def test_a_lossy_pass_missing_the_budget_on_held_out_feeds_is_retried_with_a_guard_band():
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(8)]
+    result = optimize(models.mlp(), passes=[OverfitScale()], budget=["snr_db=40"], calib=calib)
+    record = result.report["passes"][0]
+    assert record["applied"] and record["verify"]["snr_db"] > 60
+    [first] = record["stats"]["budget_retries"]
+    assert first["share"] == 1.0 and "snr_db" in first["problem"] and record["stats"]["budget_share_spent"] == 0.5
+    # without feeds apart from the verification ones, a retry would search on the feeds it is judged on
+    same = optimize(models.mlp(), passes=[OverfitScale()], budget=["snr_db=40"], data=calib[:2])
+    assert same.report["passes"][0]["rolled_back"] and "budget_retries" not in same.report["passes"][0]["stats"]

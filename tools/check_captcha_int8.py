@@ -22,10 +22,12 @@ What it does, end to end:
 
 Needs: ddddocr, captcha, onnx, onnxruntime, numpy, pillow in the interpreter running this
 script (a separate venv is fine), and a graphopt executable (--graphopt; default: `graphopt` on
-PATH). Exit: 0 PASS, 1 FAIL (agreement under --min-agree), 2 INCONCLUSIVE (graphopt wrote a model
-with no quantized op: its quantize pass kept float, e.g. when its speed check measured int8 slower).
---forced adds a diagnostic run with quantize's speed check off, so the agreement of the int8
-model graphopt would have written is measured even when the speed check discards it.
+PATH). Exit: 0 PASS (strings agree; or graphopt refused int8 on its held-out check and wrote the
+float model, said as "PASS, FLOAT KEPT"), 1 FAIL (agreement under --min-agree), 2 INCONCLUSIVE
+(graphopt kept float without saying why). --forced adds a diagnostic run with quantize's speed
+check off. --sensitivity measures the limit without graphopt: the held-out strings changed by
+float16 weights, and by symmetric per-channel int8 rounding of each Conv/Gemm weight alone
+(weight only, activations float: the least error an int8 deployment of that layer has).
 Example:
   python3 -m venv venv && venv/bin/pip install ddddocr captcha onnx
   venv/bin/python tools/check_captcha_int8.py --graphopt "$(which graphopt)" --workdir /tmp/captcha
@@ -234,6 +236,79 @@ def evaluate(label, q_path, fp32, model, inp, charset, calib, test, test_texts, 
             "p50_ms": {"fp32": p50f, "int8": p50q}, "bytes": {"fp32": sf, "int8": sq}}
 
 
+# ---------------------------------------------------------------- the limit (--sensitivity)
+def weight_sensitivity(model: Path, inp, test, charset, threads: int) -> list[dict]:
+    """How far this model is from tolerating *any* 8-bit rounding, independent of graphopt: the
+    held-out strings that change when (a) every weight goes through float16, (b) one Conv/Gemm
+    weight alone goes through symmetric per-output-channel int8 (weight only: activations stay
+    float, the smallest error an int8 deployment of that layer can have), (c) every Conv weight
+    does. Rows: {"change", "weight_sqnr_db", "frames_changed", "strings_equal"}."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model))
+    inits = {t.name: t for t in proto.graph.initializer}
+    layers = [(n.name, n.input[1]) for n in proto.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in inits]
+    fp32 = session(model, threads)
+    ref = [fp32.run(None, {inp.name: test[i:i + 1]})[0].argmax(-1) for i in range(len(test))]
+
+    def measure(change: str, rounded: dict[str, np.ndarray]) -> dict:
+        originals = {name: numpy_helper.to_array(inits[name]).copy() for name in rounded}
+        err = sum(float(((originals[k] - v) ** 2).sum()) for k, v in rounded.items())
+        sqnr = 10 * np.log10(sum(float((w ** 2).sum()) for w in originals.values()) / max(err, 1e-30))
+        for name, value in rounded.items():
+            inits[name].CopyFrom(numpy_helper.from_array(value, name))
+        path = model.with_name("sensitivity.onnx")
+        onnx.save(proto, str(path))
+        for name, value in originals.items():
+            inits[name].CopyFrom(numpy_helper.from_array(value, name))
+        s = session(path, threads)
+        got = [s.run(None, {inp.name: test[i:i + 1]})[0].argmax(-1) for i in range(len(test))]
+        path.unlink()
+        frames = sum(int((a != b).sum()) for a, b in zip(ref, got))
+        strings = sum(ctc_indices(a) == ctc_indices(b) for a, b in zip(ref, got)) / len(test)
+        row = {"change": change, "weight_sqnr_db": round(sqnr, 1), "frames_changed": frames,
+               "frames": sum(a.size for a in ref), "strings_equal": strings}
+        print(f"  {change:<34} weight SQNR {sqnr:5.1f} dB  frames changed {frames:3d}  strings equal {strings:.1%}")
+        return row
+
+    print(f"\n== the limit: weight rounding alone, {len(test)} held-out captchas (no graphopt involved)")
+    rows = [measure("all weights float16", {k: numpy_helper.to_array(t).astype(np.float16).astype(np.float32)
+                                            for k, t in inits.items() if t.data_type == 1})]
+    rows.append(measure("all Conv weights int8 (weight only)", {w: _int8(numpy_helper.to_array(inits[w]))
+                                                              for n, w in layers if not n.startswith("Gemm")}))
+    for node, weight in layers:
+        rows.append(measure(f"{node} weight int8 (weight only)", {weight: _int8(numpy_helper.to_array(inits[weight]))}))
+    return rows
+
+
+def _int8(w: np.ndarray) -> np.ndarray:
+    """Symmetric per-output-channel int8 round trip (scale = max|w| / 127 per row of axis 0)."""
+    scale = np.abs(w).reshape(w.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (w.ndim - 1)) / 127
+    scale[scale == 0] = 1
+    return (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32)
+
+
+def ctc_indices(argmax: np.ndarray) -> tuple[int, ...]:
+    """Greedy CTC at the index level: drop repeats, then blanks (index 0)."""
+    seq = argmax.ravel()
+    return tuple(int(c) for i, c in enumerate(seq) if c != 0 and (i == 0 or c != seq[i - 1]))
+
+
+def _refusal(report: Path) -> str | None:
+    """Why graphopt's quantize pass wrote no int8 (rolled back by a verification, or skipped), from its report."""
+    if not report.exists():
+        return None
+    for p in json.loads(report.read_text()).get("passes", []):
+        if p.get("name") == "quantize":
+            problems = (p.get("verify") or {}).get("problems") or []
+            if p.get("rolled_back") and problems:
+                return "rolled back on its held-out verification: " + "; ".join(problems)
+            if (p.get("stats") or {}).get("skipped"):
+                return "skipped: " + p["stats"]["skipped"]
+    return None
+
+
 def _quiet(stderr: str) -> str:
     """stderr without progress-bar lines (kept whole in results.json)."""
     keep = [ln for ln in stderr.splitlines(keepends=True) if not re.search(r"\[[#.]+\]\s*$", ln)]
@@ -252,6 +327,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads for eval/latency")
     ap.add_argument("--min-agree", type=float, default=0.98)
     ap.add_argument("--skip-graphopt", action="store_true", help="reuse int8.onnx already in workdir")
+    ap.add_argument("--sensitivity", action="store_true", help="also measure the limit: held-out strings "
+                    "changed by float16 weights and by int8 rounding of each Conv/Gemm weight alone")
     ap.add_argument("--forced", action="store_true", help="also run the int8 pass list with quantize's speed "
                     "check off (int8_forced.onnx) and evaluate it: a diagnostic, not the issue's command")
     a = ap.parse_args()
@@ -329,10 +406,15 @@ def main() -> int:
     results.update({"style": a.style, "seed": a.seed, "threads": a.threads, "runs": a.runs, "ort": ort.__version__})
     if (wd / "int8_forced.onnx").exists() and a.forced:
         results["eval_forced"] = evaluate("diagnostic, speed check off", wd / "int8_forced.onnx", *args)
+    if a.sensitivity:
+        results["sensitivity"] = weight_sensitivity(model, inp, test, charset, a.threads)
     (wd / "results.json").write_text(json.dumps(results, indent=1))
     ev = results["eval"]
     agree = ev["agreement"]
-    if not ev["quant_ops"]:
+    refused = _refusal(wd / "r.json")
+    if not ev["quant_ops"] and refused:
+        verdict, code = f"PASS, FLOAT KEPT: graphopt refused int8 ({refused}); no int8 model was written", 0
+    elif not ev["quant_ops"]:
         verdict, code = "INCONCLUSIVE: graphopt exit 0 but int8.onnx holds no quantized op (kept float)", 2
     elif agree >= a.min_agree:
         verdict, code = "PASS", 0

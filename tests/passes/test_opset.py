@@ -247,3 +247,25 @@ def test_sequence_values_keep_their_type():
     assert modified and stats["steps"] == ["onnx:18", "onnxscript:20"]
     assert not isinstance(next(n for n in model.graph if n.op_type == "SequenceInsert").outputs[0].type,
                           ir.TensorType)
+
+
+def test_declarations_the_conversion_exposes_as_wrong_are_repaired_and_listed():
+    """An output declared [1, 'seqlen'] that is computed as [2, 1, 6] (ddddocr's CRNN declares its
+    CTC logits so): once converted, the checker sees it; the pass corrects the declaration (the
+    checker needs an output shape) instead of failing, and says so."""
+    proto = onnx.parser.parse_model("""
+        <ir_version: 7, opset_import: ["" : 12]>
+        g (float[2, 6] x) => (float[1, seqlen] y) {
+            s = Constant <value = int64[3] {2, 1, 6}> ()
+            y = Reshape (x, s)
+        }""")
+    model = ir.serde.deserialize_model(proto)
+    result = get_pass("opset")(target=20).run(model, PassContext())
+    assert result.modified and structural_problems(result.model) == []
+    [line] = result.stats["declarations_repaired"]
+    assert line.startswith("output 'y': declared shape [1,seqlen] contradicts the inferred [2,1,6]")
+    assert list(result.model.graph.outputs[0].shape) == [2, 1, 6]
+    feed = {"x": np.arange(12, dtype=np.float32).reshape(2, 6)}
+    out = ir.serde.serialize_model(result.model)
+    onnx.checker.check_model(out, full_check=True)
+    np.testing.assert_array_equal(run_ort(out, feed)[0], feed["x"].reshape(2, 1, 6))

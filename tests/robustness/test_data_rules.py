@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 import models
-from graphopt.api import _feeds
+from graphopt.run_data import SEARCH_FEEDS, run_feeds
 from graphopt.cli import main
 from graphopt.data import load_feeds
 from graphopt.errors import InputError
@@ -100,7 +100,7 @@ def test_real_data_needs_no_opt_in(mlp_path, tmp_path, capsys):
     code, stdout, _ = _cli(["optimize", str(mlp_path), "-o", str(tmp_path / "o.onnx"), "--quiet",
                             "--passes", "prune:sparsity=0.3", "--data", str(data)], capsys)
     assert code == 0 and "WARNING" not in stdout
-    assert "data: 12 feeds (12 samples) read from --data verify; lossy passes calibrate on them too" in stdout
+    assert "data: 12 feeds (12 samples) read from --data verify; lossy passes calibrate and size themselves on them too" in stdout
 
 
 def test_npz_is_split_by_the_models_batch(mlp_path, batch1_path, tmp_path):
@@ -137,7 +137,8 @@ def test_one_calibration_feed_is_refused(batch1_path, tmp_path, capsys):
 @pytest.mark.parametrize("count, held", [(2, 1), (3, 1), (8, 2), (64, 16)])
 def test_held_out_never_overlaps_calibration(mlp_path, tmp_path, count, held):
     loaded = load_model(str(mlp_path))
-    verify, calib, info = _feeds(loaded, None, str(_samples(tmp_path / "c.npz", count)), None, 0)
+    run = run_feeds(loaded, None, str(_samples(tmp_path / "c.npz", count)), None, 0)
+    verify, calib, info = run.verification, run.calibration, run.info
     assert len(verify) == held and len(calib) == count - held
     calib_values = {float(f["x"][0, 0]) for f in calib}
     verify_values = {float(f["x"][0, 0]) for f in verify}
@@ -148,6 +149,25 @@ def test_held_out_never_overlaps_calibration(mlp_path, tmp_path, count, held):
     assert (info["calib_feeds_read"], info["calibration_feeds"], info["verification_feeds"], info["held_out"]) \
         == (count, count - held, held, held)
     assert (info["calibration_samples"], info["verification_samples"]) == (count - held, held)
+    search_values = {float(f["x"][0, 0]) for f in run.search}
+    assert search_values <= calib_values and not search_values & verify_values  # the search never sees them
+    assert (info["search"], info["search_feeds"]) == ("calibration", len(run.search))
+
+
+def test_search_feeds_are_capped_and_spread(mlp_path, tmp_path):
+    loaded = load_model(str(mlp_path))
+    run = run_feeds(loaded, None, str(_samples(tmp_path / "c.npz", 400)), None, 0)
+    values = [float(f["x"][0, 0]) for f in run.search]
+    calib = [float(f["x"][0, 0]) for f in run.calibration]
+    assert len(run.search) == SEARCH_FEEDS and len(set(values)) == SEARCH_FEEDS
+    assert values[0] == calib[0] and values[-1] == calib[-1]  # evenly spaced over the calibration part
+    assert "lossy passes size themselves on 64 of the calibration feeds" in run.info["summary"]
+
+
+def test_without_calib_the_search_is_said_to_share_the_verification_feeds(mlp_path, tmp_path):
+    run = run_feeds(load_model(str(mlp_path)), str(_samples(tmp_path / "d.npz", 6)), None, None, 0)
+    assert run.search == [] and (run.info["search"], run.info["search_feeds"]) == ("verification", 6)
+    assert "lossy passes calibrate and size themselves on them too" in run.info["summary"]
 
 
 def test_data_counts_are_printed_and_reported(mlp_path, tmp_path, capsys):

@@ -181,7 +181,7 @@ def _searched(job: QuantJob, first: LatencyFirst) -> PassResult:
 
 
 def _float(job: QuantJob, speed: dict, fit: dict, calib: dict) -> PassResult:
-    reason = f"int8 measured slower than float here ({speed['latency_ms']})"
+    reason = f"int8 measured slower than float here, beyond noise ({speed['latency_ms']})"
     job.ctx.no_match(NAME, "model", reason)
     return PassResult(job.model, False, {"skipped": reason, "speed": speed, "budget": fit, "calibration": calib})
 

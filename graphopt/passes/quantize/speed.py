@@ -10,15 +10,18 @@ count and the model, so it is measured rather than guessed:
     candidates = {all quantized} ∪ {one or more op families back in float} ∪ {float}
     latency(c) = median over interleaved blocks of ONNX Runtime runs (ORT_ENABLE_ALL, one feed)
 
-and the fastest candidate that meets the accuracy budget wins; a quantized candidate must be at
-least `margin` faster than the float model, else the model stays float (the stats say why).
+Each candidate is compared with float block by block (graphopt.bench.paired_verdict: faster,
+slower or within noise, with `margin`). The fastest candidate measurably faster that meets the
+accuracy budget wins; when none is, the most quantized candidate within noise of float is kept
+(and the stats say it is not faster); the model stays float only when every quantized candidate
+is measurably slower (the stats say why).
 """
 
 from __future__ import annotations
 
 import itertools
 
-from graphopt.bench import interleaved_p50
+from graphopt.bench import interleaved_timings, paired_verdict
 from graphopt.runtime import create_session, return_freed_memory
 
 FAMILIES = {"conv": frozenset({"Conv", "ConvTranspose"}), "matmul": frozenset({"MatMul", "Gemm"})}
@@ -34,10 +37,14 @@ def family_units(plan) -> dict[str, frozenset[str]]:
     return found
 
 
+SPEED_BLOCK = 3  # runs per interleaved block: speed_runs=30 gives 10 block pairs to compare
+
+
 def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, margin: float, progress=None,
                    provider: str = "cpu"):
     """(winning candidate or None for float, report). `fits(candidate) -> bool` checks the budget;
-    the candidates are timed on `provider` (a graphopt.runtime.PROVIDERS key)."""
+    the candidates are timed on `provider` (a graphopt.runtime.PROVIDERS key) and each compared
+    with float block by block (graphopt.bench.paired_verdict)."""
     families = family_units(best.plan)
     variants = {"int8": best}
     for size in range(1, len(families)):
@@ -47,22 +54,36 @@ def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, marg
     sessions = [create_session(model, provider, "enable_all", threads)]
     sessions += [create_session(c.model, provider, "enable_all", threads) for c in variants.values()]
     try:
-        times = interleaved_p50(sessions, feed, runs)
+        timings = interleaved_timings(sessions, feed, runs, block=SPEED_BLOCK)
     finally:
         del sessions
         return_freed_memory()
-    latency = {"float": round(times[0], 3)}
-    latency.update({name: round(t, 3) for name, t in zip(variants, times[1:])})
+    latency = {"float": round(timings[0]["p50_ms"], 3)}
+    latency.update({name: round(t["p50_ms"], 3) for name, t in zip(variants, timings[1:])})
+    verdicts = {name: paired_verdict(timings[0], t, margin) for name, t in zip(variants, timings[1:])}
     if progress:
         progress("quantize: latency " + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items()))
-    report = {"latency_ms": latency, "runs": runs, "threads": threads or "default", "margin": margin,
-              "provider": provider}
+    report = {"latency_ms": latency, "vs_float": verdicts, "runs": runs, "threads": threads or "default",
+              "margin": margin, "provider": provider}
+    name = _pick(variants, latency, verdicts, fits)
+    if name is None:
+        return None, {**report, "chosen": "float"}
+    if verdicts[name]["verdict"] == "within noise":
+        report["note"] = f"{name} within noise of float: kept (smaller), not called faster"
+    return variants[name], {**report, "chosen": name}
+
+
+def _pick(variants: dict, latency: dict, verdicts: dict, fits) -> str | None:
+    """The fastest variant measurably faster than float that fits; else the most quantized one
+    within noise of float (int8 itself when it is: the pass was asked for int8, and dropping it
+    on noise made identical runs disagree); None (float) when every variant is measurably slower."""
     for name in sorted(variants, key=lambda n: latency[n]):
-        if latency[name] > latency["float"] * (1 - margin):
-            break
-        if name == "int8" or fits(variants[name]):
-            return variants[name], {**report, "chosen": name}
-    return None, {**report, "chosen": "float"}
+        if verdicts[name]["verdict"] == "faster" and (name == "int8" or fits(variants[name])):
+            return name
+    for name in sorted(variants, key=lambda n: len(dropped_families(n))):
+        if verdicts[name]["verdict"] == "within noise" and (name == "int8" or fits(variants[name])):
+            return name
+    return None
 
 
 def dropped_families(chosen: str) -> list[str]:

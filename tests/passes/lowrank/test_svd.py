@@ -233,9 +233,12 @@ def _mlp() -> onnx.ModelProto:
 
 def test_budget_mode_picks_per_layer_ranks_that_fit_the_run_budget(tmp_path):
     rng = np.random.default_rng(8)
-    feeds = [{"x": rng.standard_normal((32, 128)).astype(np.float32)} for _ in range(4)]
-    result = optimize(_mlp(), passes="svd:speed_check=false;latency_runs=0;max_evals=12", calib=feeds[:3],
-                      data=feeds[3:], budget={"cosine": 0.995})
+    # more calibration samples (320) than input features (128): data-aware ranks fitted to 96
+    # samples only fit their subspace; the search (on calibration feeds) then met the budget and
+    # the verification (on --data) saw cosine 0.990 and rolled it back
+    feeds = [{"x": rng.standard_normal((64, 128)).astype(np.float32)} for _ in range(6)]
+    result = optimize(_mlp(), passes="svd:speed_check=false;latency_runs=0;max_evals=12", calib=feeds[:5],
+                      data=feeds[5:], budget={"cosine": 0.995})
     record = result.report["passes"][0]
     stats = record["stats"]
     assert record["applied"] and stats["mode"] == "budget" and stats["data_aware"] is True
@@ -283,7 +286,8 @@ def test_cli_svd_with_calibration_and_budget(tmp_path, capsys):
     src, out, report = tmp_path / "mlp.onnx", tmp_path / "mlp.svd.onnx", tmp_path / "report.json"
     onnx.save(_mlp(), src)
     rng = np.random.default_rng(9)
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((96, 128)).astype(np.float32))
+    # more calibration rows than input features: see test_budget_mode_picks_per_layer_ranks...
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((320, 128)).astype(np.float32))
     np.savez(tmp_path / "data.npz", x=rng.standard_normal((32, 128)).astype(np.float32))
     code = main(["optimize", str(src), "-o", str(out), "--passes", "svd:speed_check=false;max_evals=12",
                  "--calib", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "data.npz"),

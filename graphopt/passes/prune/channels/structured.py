@@ -40,7 +40,16 @@ from graphopt.passes.prune.channels.rewrite import apply_selection, as_matrix
 from graphopt.tolerance import Lossy
 
 MAX_GROUP_RATIO = 0.9  # global fixed mode never removes more of one group
+FINE_LEVELS = (0.01, 0.02, 0.03, 0.04)  # budget mode: then every 5% up to the cap
 LEVEL_STEP = 0.05
+
+
+def budget_levels(cap: float) -> list[float]:
+    """The fractions the budget search tries: 1% steps up to 4%, then 5% steps up to `cap`.
+    Judged on feeds apart from the search's, a recognizer's default budget can allow only a few
+    percent (PP-OCR rec with a logits head: 3%), which 5% steps would round down to nothing."""
+    coarse = [round(float(x), 4) for x in np.arange(LEVEL_STEP, cap + 1e-9, LEVEL_STEP)]
+    return [f for f in FINE_LEVELS if f <= cap] + coarse or [cap]
 
 
 @dataclass(frozen=True)
@@ -178,7 +187,7 @@ class PruneChannels(Pass):
         weights, alone = None, {}
         if o.scope == "global":
             weights, alone = self._sensitivities(model, ctx, plan, bctx)
-        levels = [round(float(x), 4) for x in np.arange(LEVEL_STEP, o.ratio + 1e-9, LEVEL_STEP)] or [o.ratio]
+        levels = budget_levels(o.ratio)
         index, candidate, metrics = pc.largest_fitting(
             levels, lambda f: self._build(model, ctx, self._keep(plan, f, o.scope, weights), plan.stats),
             bctx, max(o.max_evals - bctx.evaluations, 1))

@@ -203,3 +203,10 @@ def test_ppocr_rec_convs_and_ffns_shrink():
     assert model["params_after"] < 0.9 * model["params_before"]
     assert any("MatMul" in g["layers"] for g in record["stats"]["groups"] if g["channels_after"] < g["channels_before"])
     onnx.checker.check_model(ir.serde.serialize_model(res.model), full_check=True)
+
+
+def test_budget_levels_start_at_one_percent_and_stop_at_the_cap():
+    from graphopt.passes.prune.channels.structured import budget_levels
+
+    assert budget_levels(0.25) == [0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.15, 0.2, 0.25]
+    assert budget_levels(0.02) == [0.01, 0.02] and budget_levels(0.005) == [0.005]
