@@ -150,13 +150,12 @@ def _uncovered_line(budget: Budget, name: str, kind: str) -> str:
             f"while the budget holds; add --budget {name}:top1=0.999 (or top1=...)")
 
 
-def check_run_budget(budget: Budget, reference: list[Feed] | None, feeds: list[Feed],
-                     logger: logging.Logger) -> list[str]:
+def check_run_budget(budget: Budget, kinds: dict[str, OutputKind] | None, logger: logging.Logger) -> list[str]:
     """Once per run, before any pass: InputError for an entry naming an unknown output, and a
-    logged warning per inferred class-score output an explicit budget leaves without top-1 bound."""
-    if not budget.limits or not reference:
+    logged warning per inferred class-score output an explicit budget leaves without top-1 bound.
+    `kinds`: the run's outputs as `infer_kinds` read them from the input model's reference."""
+    if not budget.limits or not kinds:
         return []
-    kinds = infer_kinds(reference, feeds)
     budget.check_outputs(kinds)
     lines = [_uncovered_line(budget, name, kind.label()) for name, kind in kinds.items()
              if kind.class_scores and not budget.bounds_top1(name)]

@@ -25,6 +25,7 @@ from graphopt.bench import BenchConfig, bench_model, bench_pair
 from graphopt.errors import InputError, VerificationError
 from graphopt.io import release_mappings
 from graphopt.lossy import check_run_budget, run_with_retries
+from graphopt.output_kinds import infer_kinds
 from graphopt.pass_api import Feed, Pass, PassContext, PassResult, structure_fingerprint, types_fingerprint
 from graphopt.size import ModelSize, data_bytes, growth_problem, model_size
 from graphopt.tolerance import Budget, Exact, Lossy, Reassoc, Tolerance
@@ -85,6 +86,7 @@ class PassManager:
         self.reference: list[Feed] | None = None  # the input model's outputs
         self.previous: list[Feed] | None = None  # the current model's outputs
         self.known_problems: frozenset[str] = frozenset()
+        self.kinds: dict | None = None  # what each output is, inferred once from the reference
 
     def run(self, model: ir.Model, reference: list[Feed] | None = None,
             previous: list[Feed] | None = None, known_problems: frozenset[str] | None = None) -> RunResult:
@@ -96,7 +98,8 @@ class PassManager:
             self.previous = previous if previous is not None else self.reference
             self.known_problems = (known_problems if known_problems is not None
                                    else frozenset(structural_problems(model)))
-            check_run_budget(self.config.budget, self.reference, self.feeds, self.ctx.logger)
+            self.kinds = infer_kinds(self.reference, self.feeds) if self.reference else None
+            check_run_budget(self.config.budget, self.kinds, self.ctx.logger)
         self.ctx.holdout, self.ctx.reference = list(self.feeds), self.reference
         if self.ctx.progress is None:
             self.ctx.progress = self.progress
@@ -158,7 +161,7 @@ class PassManager:
         release_mappings(result.model if result is not None else model)  # don't keep read weights resident
         if result is not None and result.modified and verify and (failure is None or self.config.on_fail == "warn"):
             verdict = verify_candidate(result.model, self.feeds, self.previous, p.tolerance,
-                                       self.config.budget, self.known_problems, self.reference)
+                                       self.config.budget, self.known_problems, self.reference, self.kinds)
             record.verify = verdict.summary()
             if not verdict.ok:  # after a growth failure (kept under warn) both are reported
                 failure = "; ".join(([failure] if failure else []) + verdict.problems)
@@ -227,7 +230,7 @@ class PassManager:
 
     def _verify_chain(self, model: ir.Model, chain: list[Pass]) -> Verdict:
         return verify_candidate(model, self.feeds, self.reference, combined_tolerance(chain),
-                                self.config.budget, self.known_problems, self.reference)
+                                self.config.budget, self.known_problems, self.reference, self.kinds)
 
     def _replay(self, original: ir.Model, chain: list[Pass]) -> ir.Model:
         model = original.clone()
@@ -254,7 +257,7 @@ class PassManager:
         if not self.config.budget.limits:
             return None
         verdict = verify_candidate(model, self.feeds, self.reference, Lossy(self.config.budget),
-                                   self.config.budget, self.known_problems, self.reference)
+                                   self.config.budget, self.known_problems, self.reference, self.kinds)
         if not verdict.ok:
             lossy = [r.name for p, r in zip(self.passes, records)
                      if r.applied and isinstance(p.tolerance, Lossy)]

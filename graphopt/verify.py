@@ -142,13 +142,14 @@ def reference_outputs(source, feeds: list[Feed]) -> list[Feed]:
 
 def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], tolerance: Tolerance,
                      budget: Budget, known: frozenset[str] = frozenset(),
-                     reference: list[Feed] | None = None) -> Verdict:
+                     reference: list[Feed] | None = None, kinds: dict | None = None) -> Verdict:
     """Full check of one candidate.
 
     Exact and reassoc tolerances judge the pass's own change (against `previous`, the outputs
     of the model before it); lossy ones judge the accumulated change against `reference`
     (the input model's outputs) with the run's budget. `known` holds structural problems
-    the input model already had; only new ones count.
+    the input model already had; only new ones count. `kinds`: what each output is, inferred
+    once per run by the caller (inferred here from the reference when not given).
     """
     problems = [p for p in structural_problems(model) if p not in known]
     if problems:
@@ -157,7 +158,8 @@ def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], t
         outputs = run_model(model, feeds)
     except Exception as exc:
         return Verdict(False, [str(exc)], {})
-    kinds = infer_kinds(reference if reference is not None else previous, feeds)
+    if kinds is None:
+        kinds = infer_kinds(reference if reference is not None else previous, feeds)
     delta = compare_outputs(previous, outputs, kinds)
     same = reference is None or reference is previous  # a run's first change: one comparison
     cumulative = delta if same else compare_outputs(reference, outputs, kinds)

@@ -115,17 +115,18 @@ def test_explicit_budget_without_top1_warns_about_class_scores(caplog):
     import logging
 
     from graphopt.lossy import budget_statement, check_run_budget
+    from graphopt.output_kinds import infer_kinds
 
     feeds, reference, metrics = _ctc_metrics()
     logger = logging.getLogger("graphopt.test")
     with caplog.at_level(logging.WARNING, logger="graphopt.test"):
-        lines = check_run_budget(Budget({"cosine": 0.98}), reference, feeds, logger)
+        lines = check_run_budget(Budget({"cosine": 0.98}), infer_kinds(reference, feeds), logger)
     assert len(lines) == 1 and "output 'logits'" in lines[0] and "output 'logits'" in caplog.text
     assert budget_statement(Budget({"cosine": 0.98}), metrics, explicit=True)["uncovered"] == lines
-    assert check_run_budget(Budget.parse(["cosine=0.98", "logits:top1=0.99"]), reference, feeds, logger) == []
-    assert check_run_budget(Budget(), reference, feeds, logger) == []  # the default covers it
+    assert check_run_budget(Budget.parse(["cosine=0.98", "logits:top1=0.99"]), infer_kinds(reference, feeds), logger) == []
+    assert check_run_budget(Budget(), infer_kinds(reference, feeds), logger) == []  # the default covers it
     with pytest.raises(InputError, match="no output 'logit'"):
-        check_run_budget(Budget.parse(["logit:top1=0.99"]), reference, feeds, logger)
+        check_run_budget(Budget.parse(["logit:top1=0.99"]), infer_kinds(reference, feeds), logger)
 
 
 @pytest.mark.parametrize("count, threshold", [(1, 1), (7, 1), (7, 5), (7, 7), (64, 33), (5, None)])
