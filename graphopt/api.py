@@ -116,13 +116,15 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
     from graphopt.lossy import effective_budget
     from graphopt.registry import registered_passes
     from graphopt.recipes import RECIPES
-    from graphopt.targets import adapt_recipe
+    from graphopt.targets import adapt_recipe, with_target_options
 
     if goal not in ("latency", "size"):
         raise InputError(f"--goal: expected latency or size, got '{goal}'")
     run_budget = effective_budget(_as_budget(budget))
     lossless = adapt_recipe(RECIPES[auto.LOSSLESS], get_target(target))
-    chains = auto.candidate_chains(lossless, set(registered_passes()), goal)
+    profile = get_target(target)
+    chains = auto.candidate_chains(lossless, set(registered_passes()), goal,
+                                   lambda item: with_target_options(item, profile))
     tried = {item.split(":", 1)[0] for _, _, tail, _ in chains for item in tail}
     lossy = ["auto"] if any(isinstance(registered_passes()[n].tolerance, Lossy) for n in tried) else []
     require_real_data(lossy, data, calib)

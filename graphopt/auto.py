@@ -2,7 +2,7 @@
 
 The search space is data: `CANDIDATES` lists named pass chains (the lossless recipe, int8 with
 each calibration method, SVD and channel pruning sized to the budget, their combinations, the
-compress chain). Chains whose passes are not registered are left out. Each candidate runs
+compress chain, dynamic int8, and for goal="size" weight-only int4). Chains whose passes are not registered are left out. Each candidate runs
 through the normal verified pipeline (so a pass that breaks the budget is rolled back there);
 then every surviving model is measured side by side: latency by interleaved medians on the CPU
 EP (ORT_ENABLE_ALL), size in weight bytes, accuracy = worst cosine vs the input model on the
@@ -33,7 +33,7 @@ from graphopt.errors import InputError, VerificationError
 from graphopt.runtime import create_session
 
 TIE = 0.03
-SPEED_GATED = ("quantize", "svd")  # passes with a `speed_check` option
+SPEED_GATED = ("quantize", "svd", "quantize-dynamic")  # passes with a `speed_check` option
 LOSSLESS = "lossless"
 MODERN = "opset:target=20"
 # (name, passes, needs): a candidate runs only if each candidate in `needs` paid on its own (met
@@ -55,7 +55,11 @@ CANDIDATES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
      ("prune-channels budget", "int8 percentile")),
     ("compress", ("prune-channels:mode=budget;budget_share=0.34", "svd:select=budget;budget_share=0.5",
                   "quantize"), ("prune-channels budget", "svd budget", "int8 percentile")),
+    ("int8 dynamic", (MODERN, "quantize-dynamic"), ()),  # = the int8-dynamic recipe
+    ("int4 weights", (MODERN, "quantize-weights"), ()),  # = the int4 recipe (form set by --target)
 )
+# weight-only int4 shrinks the file ~4x but decodes its weights at run time: tried for size only
+SIZE_ONLY = frozenset({"int4 weights"})
 
 
 @dataclass
@@ -80,14 +84,19 @@ class Trial:
                 "seconds": round(self.seconds, 1)}
 
 
-def candidate_chains(lossless: tuple[str, ...], registered: set[str], goal: str = "latency"
+def candidate_chains(lossless: tuple[str, ...], registered: set[str], goal: str = "latency",
+                     target_options: Callable[[str], str] = lambda item: item
                      ) -> list[tuple[str, list[str], list[str], tuple[str, ...]]]:
     """(name, prefix, tail, needs) of each candidate whose passes all exist: the prefix is the
     lossless recipe, after an opset raise if the candidate has one (so the clean-up and fusions
-    see the new opset's ops, `modern`); the tail is the candidate's lossy passes. Candidates with
-    the same prefix share its run."""
+    see the new opset's ops, `modern`); the tail is the candidate's lossy passes, each with the
+    options the deployment target sets (`target_options`, graphopt.targets.with_target_options).
+    Candidates with the same prefix share its run; SIZE_ONLY ones run for goal="size" only."""
     chains = []
     for name, extra, needs in CANDIDATES:
+        if name in SIZE_ONLY and goal != "size":
+            continue
+        extra = tuple(target_options(item) for item in extra)
         if all(item.split(":", 1)[0] in registered for item in extra):
             first = [item for item in extra if item.split(":", 1)[0] == "opset"]
             rest = [item for item in extra if item not in first]

@@ -59,11 +59,12 @@ def get_target(name: str) -> TargetProfile:
 def adapt_recipe(items: tuple[str, ...], target: TargetProfile) -> tuple[str, ...]:
     """The recipe's pass specs with the target's drops removed, its pass options set and its
     additions appended."""
-    kept = tuple(_with_options(item, target) for item in items if item.split(":", 1)[0] not in target.drop_passes)
+    kept = tuple(with_target_options(item, target) for item in items if item.split(":", 1)[0] not in target.drop_passes)
     return kept + tuple(p for p in target.add_passes if p not in kept)
 
 
-def _with_options(item: str, target: TargetProfile) -> str:
+def with_target_options(item: str, target: TargetProfile) -> str:
+    """One pass spec with the options the target sets for that pass (given options win)."""
     name, _, options = item.partition(":")
     given = {pair.partition("=")[0].strip() for pair in options.split(";")}
     extra = [o for p, o in target.pass_options if p == name and o.partition("=")[0] not in given]

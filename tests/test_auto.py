@@ -124,3 +124,16 @@ def test_other_calibration_methods_only_when_the_first_needed_fallbacks():
     assert auto.why_not_paid("int8 percentile", [quantized([])]) is None
     assert "no node back in float" in auto.why_not_paid("int8 percentile|fallbacks", [quantized([])])
     assert auto.why_not_paid("int8 percentile|fallbacks", [quantized([{"node": "n1"}])]) is None
+
+
+def test_dynamic_int8_and_int4_weights_are_candidates_with_the_targets_options():
+    from graphopt.targets import get_target, with_target_options
+
+    registered = {"cleanup", "opset", "quantize", "quantize-dynamic", "quantize-weights"}
+    latency = {name: tail for name, _, tail, _ in auto.candidate_chains(("cleanup",), registered)}
+    assert latency["int8 dynamic"] == ["quantize-dynamic"] and "int4 weights" not in latency
+    ort = get_target("ort")
+    size = {name: tail for name, _, tail, _ in
+            auto.candidate_chains(("cleanup",), registered, "size", lambda item: with_target_options(item, ort))}
+    assert size["int8 dynamic"] == ["quantize-dynamic:form=ort;speed_check=false"]
+    assert size["int4 weights"] == ["quantize-weights:form=matmulnbits"]
