@@ -15,13 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.bench import MAX_RUNS
 from graphopt.data import MAX_DIM
 from graphopt.errors import InputError
-
-RUNS = (1, MAX_RUNS)
-THREADS = (0, 1024)  # 0: ONNX Runtime's default
-SEED = (0, (1 << 32) - 1)
+from graphopt.limits import RUNS, SEED, THREADS
 CHOICES = {"verify": ("each", "end", "off"), "on_fail": ("rollback", "fail", "warn"), "goal": ("latency", "size")}
 
 

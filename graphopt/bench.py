@@ -21,10 +21,10 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
+from graphopt.limits import MAX_RUNS
 from graphopt.runtime import create_session, return_freed_memory
 
 LEVELS = ("enable_all", "disable_all")
-MAX_RUNS = 100_000  # timed runs per measurement; more is a typo (10**20 runs never ends)
 NOISE_FLOOR = 0.05  # medians this close (relative) are never called a change
 
 

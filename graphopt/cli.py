@@ -15,8 +15,8 @@ import logging
 import sys
 import traceback
 
-from graphopt.arguments import RUNS, SEED, THREADS
-from graphopt.errors import GraphoptError
+from graphopt.errors import GraphoptError, InputError
+from graphopt.limits import RECIPE_SUMMARIES, RUNS, SEED, THREADS
 
 
 def _int_in(low: int, high: int):
@@ -39,8 +39,22 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line (none for flags and empty ones); descriptions (the
+    recipe list) as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from graphopt import __version__
+
     parser = _Parser(prog="graphopt", description="Verified ONNX graph rewriting.")
+    parser.add_argument("--version", action="version", version=f"graphopt {__version__}")
     parser.add_argument("--debug", action="store_true", help="tracebacks and pass no-match reasons")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_optimize(sub)
@@ -55,13 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--shape", action="append", default=[])
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("bench", help="latency on ONNX Runtime execution providers")
+    p = sub.add_parser("bench", help="latency on ONNX Runtime execution providers", formatter_class=_Help)
     p.add_argument("model")
     p.add_argument("--providers", help="default: every provider this onnxruntime has")
-    p.add_argument("--threads", type=_int_in(*THREADS), default=0)
-    p.add_argument("--runs", type=_int_in(*RUNS), default=50)
-    p.add_argument("--shape", action="append", default=[])
-    p.add_argument("--data")
+    p.add_argument("--threads", type=_int_in(*THREADS), default=0, help="ORT intra-op threads (0: ORT's default)")
+    p.add_argument("--runs", type=_int_in(*RUNS), default=50, help="timed runs")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS", help="symbolic dims of an input")
+    p.add_argument("--data", help=".npz or directory of .npz: the feed to time")
     p.add_argument("--json", action="store_true")
     sub.add_parser("passes", help="every pass with its options and defaults")
     for p in sub.choices.values():
@@ -70,32 +84,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optimize(sub) -> None:
-    p = sub.add_parser("optimize", help="run a recipe or pass list, verified pass by pass")
+    recipes = "\n".join(f"  {name:<13} {line}" for name, line in RECIPE_SUMMARIES.items())
+    p = sub.add_parser("optimize", help="run a recipe or pass list, verified pass by pass", formatter_class=_Help,
+                       description=f"Run a recipe or pass list, verified pass by pass.\n\nrecipes:\n{recipes}")
     p.add_argument("model")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("output_path", nargs="?", metavar="OUTPUT", help="the optimized model (or -o)")
+    p.add_argument("-o", "--output", help="the optimized model (or the positional OUTPUT)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--passes", help="name[:key=value;...],... (see `graphopt passes`)")
-    group.add_argument("--recipe", help="lossless (default) or a recipe .toml file")
+    group.add_argument("--recipe", help="a recipe name (listed above; default lossless) or a recipe .toml file")
     p.add_argument("--calib", help=".npz or directory of .npz: calibration data; `synthetic` (./synthetic for a "
                    "file of that name): generated inputs, nothing checked on real data")
     p.add_argument("--data", help=".npz or directory of .npz: verification data")
-    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS")
-    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="symbolic dims of an input when no data is given (repeatable)")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="accuracy budget, e.g. cosine=0.99 or NAME:top1=0.999 (repeatable; default: "
+                   "cosine=0.99 and top1_dist=0.999)")
     p.add_argument("--providers", help="for --bench: some of cpu,cuda,tensorrt,openvino,dml "
                    "(default: every one this onnxruntime has)")
     p.add_argument("--bench", action="store_true", help="benchmark the input and every applied pass")
     p.add_argument("--runs", type=_int_in(*RUNS), default=20, help="timed runs per benchmark")
-    p.add_argument("--threads", type=_int_in(*THREADS), default=0)
-    p.add_argument("--verify", default="each", choices=["each", "end", "off"])
-    p.add_argument("--on-fail", default="rollback", choices=["rollback", "fail", "warn"])
-    p.add_argument("--target", default="portable", help="portable (standard ops only, default), ort "
+    p.add_argument("--threads", type=_int_in(*THREADS), default=0, help="ORT intra-op threads (0: ORT's default)")
+    p.add_argument("--verify", default="each", choices=["each", "end", "off"],
+                   help="check every pass, only the final model, or nothing")
+    p.add_argument("--on-fail", default="rollback", choices=["rollback", "fail", "warn"],
+                   help="what a failed verification does")
+    p.add_argument("--target", default="portable", help="portable (standard ops only), ort "
                    "(adds ONNX Runtime contrib fusions), tensorrt, openvino")
     p.add_argument("--report", action="append", default=[], metavar="PATH",
                    help="write the report here: PATH.html = a self-contained page with charts, "
                    "anything else = JSON; repeatable")
     p.add_argument("--goal", default="latency", choices=["latency", "size"],
                    help="with --recipe auto: what the search minimizes inside the budget")
-    p.add_argument("--seed", type=_int_in(*SEED), default=0)
+    p.add_argument("--seed", type=_int_in(*SEED), default=0, help="for synthesized inputs")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -104,6 +126,7 @@ def cmd_optimize(args) -> int:
     from graphopt.progress import TerminalProgress
     from graphopt.report import format_summary
 
+    args.output = _output_path(args)
     progress = None if args.quiet else TerminalProgress()
     try:
         result = _run_optimize(args, optimize, progress)  # writes the model and reports together
@@ -123,6 +146,16 @@ def cmd_optimize(args) -> int:
         print(f"skipped provider {name}: {why}")
     print(f"wrote {args.output}")
     return 0
+
+
+def _output_path(args) -> str:
+    """`optimize IN OUT` (onnxsim's form) or `optimize IN -o OUT`: exactly one of them."""
+    if args.output and args.output_path and args.output != args.output_path:
+        raise InputError(f"two output paths: '{args.output_path}' and -o '{args.output}'; give one")
+    path = args.output or args.output_path
+    if not path:
+        raise InputError("no output path: graphopt optimize IN OUT (or -o OUT)")
+    return path
 
 
 def _run_optimize(args, optimize, progress):

@@ -29,6 +29,7 @@ from graphopt.data import (Feed, input_specs, load_feeds, parse_shapes, reject_i
                            synthesize_feeds, validate_feed)
 from graphopt.errors import InputError
 from graphopt.io import LoadedModel
+from graphopt.shape_search import ShapeChoice, choose_shapes
 
 SYNTHETIC_FEEDS = 2
 SYNTHETIC = "synthetic"  # `--calib synthetic`: run lossy passes on generated inputs (opt-in)
@@ -89,15 +90,20 @@ def run_feeds(loaded: LoadedModel, data, calib, shapes, seed: int, calibrates: b
         info = _data_info("held-out calibration", read, calib_part, held_out, len(held_out), False, calibrates,
                           len(search))
         return RunData(held_out, calib_part, search, info)
-    feeds = synthesize_feeds(model, SYNTHETIC_FEEDS, shape_map, seed)
-    info = _data_info("synthetic", read, feeds, feeds, 0, synthetic, calibrates, 0)
+    choice = choose_shapes(loaded.path if loaded.path is not None else model, model, shape_map, seed)
+    # static inputs keep their declared shapes (synthesize_feeds checks those), the rest are set
+    sized = {name: shape for name, shape in choice.shapes.items() if name in shape_map or name in choice.resolved}
+    feeds = synthesize_feeds(model, SYNTHETIC_FEEDS, sized, seed)
+    info = _data_info("synthetic", read, feeds, feeds, 0, synthetic, calibrates, 0, choice)
     info["seed"] = seed
     return RunData(feeds, [], [], info)
 
 
 def _data_info(verify: str, read: dict[str, int], calibration: list[Feed], verification: list[Feed],
-               held_out: int, synthetic_opt_in: bool, calibrates: bool, searched: int) -> dict[str, Any]:
-    """The report's "data" entry, with the summary line the CLI prints."""
+               held_out: int, synthetic_opt_in: bool, calibrates: bool, searched: int,
+               shapes: ShapeChoice | None = None) -> dict[str, Any]:
+    """The report's "data" entry, with the summary line the CLI prints. `shapes`: how synthesized
+    feeds got their shapes (graphopt.shape_search); the summary names them when a search chose."""
     calib_from = "calib" if read["calib_feeds_read"] else verify
     info = {"verify": verify, "calibration": calib_from, "synthetic": verify == "synthetic", **read,
             "calibration_feeds": len(calibration), "verification_feeds": len(verification),
@@ -116,6 +122,12 @@ def _data_info(verify: str, read: dict[str, int], calibration: list[Feed], verif
                                           if calibrates else "")
     if calibrates and searched:
         line += f"; lossy passes size themselves on {searched} of the calibration feeds"
+    if shapes is not None:
+        info["shapes"] = {name: list(shape) for name, shape in shapes.shapes.items()}
+        if shapes.searched:
+            info["shape_search"] = shapes.report()
+            line += (f"; shapes {shapes.described()} (symbolic dims {shapes.chosen}, found by running the "
+                     f"input model: {shapes.tried} tried; --shape NAME=DIMS sets them)")
     info["summary"] = f"data: {line}"
     if verify == "synthetic" and synthetic_opt_in:
         info["warnings"].append("calibrated and verified on synthetic inputs: nothing was checked on real data")

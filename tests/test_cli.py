@@ -153,3 +153,47 @@ def test_console_script_entry_point(default_copy, tmp_path):
                            str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and "wrote" in proc.stdout
+
+
+def test_python_dash_m_graphopt_and_version(default_copy, tmp_path):
+    from graphopt import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "graphopt", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"graphopt {__version__}"
+    out = tmp_path / "o.onnx"
+    proc = subprocess.run([sys.executable, "-m", "graphopt", "optimize", str(default_copy), str(out), "--quiet"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists() and f"wrote {out}" in proc.stdout  # onnxsim's positional form
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "no output path: graphopt optimize IN OUT (or -o OUT)"),
+    (["a.onnx", "-o", "b.onnx"], "two output paths: 'a.onnx' and -o 'b.onnx'; give one")])
+def test_output_path_exactly_once(default_copy, tmp_path, capsys, extra, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["optimize", str(default_copy), *extra], capsys)
+    assert code == 2 and err.strip() == f"graphopt: error: {message}"
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+    code, _, _ = run_cli(["optimize", str(default_copy), "same.onnx", "-o", "same.onnx", "--quiet"], capsys)
+    assert code == 0 and (tmp_path / "same.onnx").exists()
+
+
+def test_optimize_help_lists_every_recipe_and_the_defaults(capsys):
+    from graphopt.limits import RECIPE_SUMMARIES
+    from graphopt.recipes import RECIPES
+
+    assert set(RECIPE_SUMMARIES) == {*RECIPES, "auto"}
+    with pytest.raises(SystemExit):
+        main(["optimize", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in RECIPE_SUMMARIES)
+    assert "timed runs per benchmark (default: 20)" in " ".join(out.split())
+    assert "(default: None)" not in out
+
+
+def test_cli_help_does_not_load_onnx_or_onnxruntime():
+    code = ("import sys; from graphopt.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnx_ir', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -1,6 +1,6 @@
 """How the robustness suite runs.
 
-- The sweep (`@pytest.mark.sweep`, tests/robustness/test_sweep.py) is skipped in the default run;
+- The sweep (`@pytest.mark.sweep`, tests/robustness/test_sweep.py) is deselected in the default run;
   `python -m pytest -m sweep` (or GRAPHOPT_SWEEP=1) runs it. At the end it prints what ran:
   models, runs, skips with their reasons. This suite's `slow` test (a 2.4 GB model end to end)
   likewise runs only with `-m slow` (or GRAPHOPT_SLOW=1): it writes 2.4 GB.
@@ -39,14 +39,16 @@ def requested(config, marker: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    """Deselect (not skip) this suite's heavy tests unless asked for: the default run then says
+    "N deselected" once instead of printing an `s` per sweep case."""
     here = os.path.dirname(__file__)
-    for marker in ("sweep", "slow"):
-        if requested(config, marker):
-            continue
-        skip = pytest.mark.skip(reason=f"heavy: runs with `python -m pytest -m {marker}` (or GRAPHOPT_{marker.upper()}=1)")
-        for item in items:
-            if marker in item.keywords and str(item.path).startswith(here):
-                item.add_marker(skip)
+    heavy = [m for m in ("sweep", "slow") if not requested(config, m)]
+    dropped = [item for item in items
+               if str(item.path).startswith(here) and any(m in item.keywords for m in heavy)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        ids = set(map(id, dropped))
+        items[:] = [item for item in items if id(item) not in ids]
 
 
 @pytest.fixture(scope="session")
