@@ -16,7 +16,7 @@ import sys
 import traceback
 
 from graphopt.errors import GraphoptError, InputError
-from graphopt.limits import RECIPE_SUMMARIES, RUNS, SEED, THREADS
+from graphopt.limits import PRECISIONS, RECIPE_SUMMARIES, RUNS, SEED, THREADS
 
 
 def _int_in(low: int, high: int):
@@ -92,7 +92,11 @@ def _add_optimize(sub) -> None:
     p.add_argument("-o", "--output", help="the optimized model (or the positional OUTPUT)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--passes", help="name[:key=value;...],... (see `graphopt passes`)")
-    group.add_argument("--recipe", help="a recipe name (listed above; default lossless) or a recipe .toml file")
+    group.add_argument("--recipe", help="a recipe name (listed above; default lossless) or a recipe file "
+                       "(.toml, .json or .yaml: {passes: [...]})")
+    group.add_argument("--precision", choices=sorted(PRECISIONS),
+                       help="short form of the matching recipe (Olive's and ModelOpt's flag): " +
+                       ", ".join(f"{k} = --recipe {v}" for k, v in PRECISIONS.items()))
     p.add_argument("--calib", help=".npz or directory of .npz: calibration data; `synthetic` (./synthetic for a "
                    "file of that name): generated inputs, nothing checked on real data")
     p.add_argument("--data", help=".npz or directory of .npz: verification data")
@@ -159,7 +163,8 @@ def _output_path(args) -> str:
 
 
 def _run_optimize(args, optimize, progress):
-    return optimize(args.model, args.output, passes=args.passes, recipe=args.recipe, data=args.data,
+    recipe = PRECISIONS[args.precision] if args.precision else args.recipe
+    return optimize(args.model, args.output, passes=args.passes, recipe=recipe, data=args.data,
                     calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
                     on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
                     bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,

@@ -2,6 +2,7 @@
 
 The feed rule (README "CLI", DATA):
 - A directory holds one `.npz` per feed, taken as it is.
+- A single `.npy` is the one input of a one-input model, read as a single `.npz` would be.
 - A single `.npz` holds arrays keyed by input name whose first axis is the sample axis. It is
   split into feeds of the model's batch size: an input whose first dim is static (`[1, 3, 60,
   160]`) gets feeds of that many samples (the count must divide evenly); an input whose first
@@ -25,6 +26,7 @@ masks get ones, token-type ids get zeros.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -67,19 +69,34 @@ def _spec_dim(dim) -> int | str | None:
     return dim.value if dim is not None and dim.value is not None else None
 
 
+def split_shape_item(item: str) -> tuple[str, str] | None:
+    """(name, dims) of `NAME=1,3,224,224`, `NAME=1x3x224x224`, or Polygraphy's `NAME:[1,3,224,224]`
+    and `NAME:1,3,224,224`; None when it is none of them. `=` wins (an input name may hold ':')."""
+    name, sep, dims = item.rpartition("=")
+    if sep and name:
+        return name, dims
+    name, sep, dims = item.rpartition(":")
+    if sep and name and re.fullmatch(r"\[?[\dx, ]*\]?", dims.strip()):
+        return name, dims.strip().strip("[]")
+    return None
+
+
 def parse_shapes(items: list[str], specs: list[InputSpec]) -> dict[str, tuple[int, ...]]:
-    """Parse `--shape NAME=1,3,224,224` (or 1x3x224x224) and check NAME is a model input."""
+    """Parse `--shape NAME=1,3,224,224` (also 1x3x224x224, NAME:[1,3,224,224]) and check NAME is
+    a model input."""
     by_name = {s.name: s for s in specs}
     shapes = {}
     for item in items:
-        name, sep, dims = item.rpartition("=")
-        if not sep or not name:
-            raise InputError(f"--shape '{item}': expected NAME=DIMS, e.g. input=1,3,224,224")
+        parts = split_shape_item(item)
+        if parts is None:
+            raise InputError(f"--shape '{item}': expected NAME=DIMS, e.g. input=1,3,224,224 "
+                             "(or Polygraphy's input:[1,3,224,224])")
+        name, dims = parts
         if name not in by_name:
             raise InputError(f"--shape '{item}': the model has no input '{name}' "
                              f"(inputs: {', '.join(by_name)})")
         try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d)
+            shape = tuple(int(d) for d in dims.replace("x", ",").replace(" ", "").split(",") if d)
         except ValueError:
             raise InputError(f"--shape '{item}': dims must be integers") from None
         problem = shape_problem(shape, by_name[name])
@@ -197,7 +214,7 @@ def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:
             raise InputError(f"{path}: directory holds no .npz files")
         feeds = [dict(_read_npz(f)) for f in files]
     else:
-        arrays = _read_npz(path)
+        arrays = _read_npy(path, specs) if path.suffix == ".npy" else _read_npz(path)
         feeds = _split_samples(path, arrays, specs)
     for i, feed in enumerate(feeds):
         validate_feed(feed, specs, f"{path}" + (f" (feed {i})" if len(feeds) > 1 else ""))
@@ -217,6 +234,19 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             raise InputError(f"{path}: member '{name}' is not a .npy array (a pickle or other raw bytes); "
                              "graphopt reads plain arrays only")
     return arrays
+
+
+def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """A `.npy` (Olive's and ModelOpt's calibration form) is the one input of a one-input model,
+    first axis = samples as in an .npz; never unpickled."""
+    if len(specs) != 1:
+        raise InputError(f"{path}: a .npy holds one array, the model has {len(specs)} inputs "
+                         f"({', '.join(s.name for s in specs)}); give an .npz keyed by input name")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable .npy file ({_first_line(exc)})") from None
+    return {specs[0].name: array}
 
 
 def _first_line(exc: Exception) -> str:

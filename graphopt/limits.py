@@ -17,3 +17,5 @@ RECIPE_SUMMARIES = {
     "compress": "channel pruning, low-rank and INT8 sharing one budget",
     "auto": "search the chains above for the fastest (--goal latency) or smallest model in the budget",
 }
+# `--precision X`: the recipe it stands for
+PRECISIONS = {"int8": "int8", "int8-dynamic": "int8-dynamic", "int4": "int4"}

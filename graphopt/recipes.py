@@ -1,11 +1,13 @@
 """Pass specs and recipes: turn `--passes SPEC` / `--recipe NAME|FILE.toml` into pass objects.
 
 SPEC is `name` or `name:key=value;key=value`, comma-separated. A recipe file is TOML with
-`passes = ["cleanup", "fold-constants:generator_limit=1024", ...]`.
+`passes = ["cleanup", "fold-constants:generator_limit=1024", ...]`, or JSON / YAML with the same
+`{"passes": [...]}` (Olive and ModelOpt users write JSON and YAML configs).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -72,21 +74,50 @@ def passes_from_spec(spec: str) -> list[Pass]:
     return [parse_pass_spec(item) for item in split_spec(spec)]
 
 
+RECIPE_FILES = (".toml", ".json", ".yaml", ".yml")  # one schema: {"passes": ["name:key=value", ...]}
+
+
 def passes_from_recipe(recipe: str, target: str = "portable") -> list[Pass]:
-    """A built-in recipe name (adapted to the deployment target) or a TOML file with `passes`."""
+    """A built-in recipe name (adapted to the deployment target) or a TOML, JSON or YAML file
+    with `passes` (the same schema in each: a list of pass specs)."""
     if recipe in RECIPES:
         return [parse_pass_spec(item) for item in adapt_recipe(RECIPES[recipe], get_target(target))]
     path = Path(recipe)
-    if path.suffix != ".toml":
+    if path.suffix.lower() not in RECIPE_FILES:
         raise InputError(f"--recipe '{recipe}': unknown recipe (built-in: {', '.join(RECIPES)}; "
-                         "or a .toml file)")
+                         "or a .toml, .json or .yaml file)")
     if not path.is_file():
         raise InputError(f"--recipe '{recipe}': no such file")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"--recipe '{recipe}': not valid TOML ({exc})") from None
-    items = data.get("passes")
+    data = _read_recipe_file(path, recipe)
+    items = data.get("passes") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
         raise InputError(f"--recipe '{recipe}': expected a non-empty list of strings `passes = [...]`")
     return [parse_pass_spec(item) for item in items]
+
+
+def _read_recipe_file(path: Path, recipe: str):
+    """The parsed document; a syntax error is one line naming the format and the place."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--recipe '{recipe}': not text ({exc})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"--recipe '{recipe}': not valid TOML ({exc})") from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--recipe '{recipe}': not valid JSON ({exc})") from None
+    try:
+        import yaml
+    except ImportError:
+        raise InputError(f"--recipe '{recipe}': reading YAML needs PyYAML (pip install pyyaml), "
+                         "or write the recipe as .toml or .json") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"--recipe '{recipe}': not valid YAML ({' '.join(str(exc).split())})") from None

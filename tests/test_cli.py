@@ -197,3 +197,15 @@ def test_cli_help_does_not_load_onnx_or_onnxruntime():
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnx_ir', 'numpy') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_precision_is_the_matching_recipe(default_copy, tmp_path, capsys):
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    code, _, err = run_cli(["optimize", str(default_copy), str(out), "--precision", "int8", "--calib", "synthetic",
+                            "--quiet", "--report", str(report)], capsys)
+    assert code == 0, err
+    names = [p["name"] for p in json.loads(report.read_text())["passes"]]
+    assert names[0] == "opset" and names[-1] == "quantize"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimize", str(default_copy), str(out), "--precision", "int8", "--recipe", "int8"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

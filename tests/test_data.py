@@ -67,6 +67,9 @@ def test_shape_option_validation():
     specs = input_specs(_model(ADD_RELU))
     assert parse_shapes(["x=3,4"], specs) == {"x": (3, 4)}
     assert parse_shapes(["x=3x4"], specs) == {"x": (3, 4)}
+    assert parse_shapes(["x:[3,4]"], specs) == parse_shapes(["x:3,4"], specs) == {"x": (3, 4)}  # Polygraphy's
+    with pytest.raises(InputError, match=r"expected NAME=DIMS, e\.g\. input=1,3,224,224 \(or Polygraphy's"):
+        parse_shapes(["x:[3;4]"], specs)
     with pytest.raises(InputError, match="the model has no input 'nope'"):
         parse_shapes(["nope=1,4"], specs)
     with pytest.raises(InputError, match="has rank 2, got 3 dims"):
@@ -112,3 +115,16 @@ def test_negative_dims_are_dynamic_not_sizes(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((2, 5, 4), np.float32))
     assert load_feeds(tmp_path / "d.npz", model)[0]["x"].shape == (5, 4)
     assert synthesize_feeds(model, 1)[0]["x"].shape == (1, 4)
+
+
+def test_npy_is_the_one_input_of_a_one_input_model(tmp_path):
+    np.save(tmp_path / "d.npy", np.ones((5, 3, 4), np.float32))
+    feeds = load_feeds(tmp_path / "d.npy", _model(ADD_RELU))
+    assert len(feeds) == 5 and set(feeds[0]) == {"x"} and feeds[0]["x"].shape == (3, 4)
+    np.save(tmp_path / "ids.npy", np.ones((2, 5), np.int64))
+    with pytest.raises(InputError, match=r"ids\.npy: a \.npy holds one array, the model has 2 inputs "
+                                         r"\(input_ids, attention_mask\); give an \.npz keyed by input name"):
+        load_feeds(tmp_path / "ids.npy", _model(EMBED))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match=r"obj\.npy: not a readable \.npy file"):
+        load_feeds(tmp_path / "obj.npy", _model(ADD_RELU))

@@ -50,6 +50,32 @@ def test_bad_recipe_files(tmp_path, content, message):
         passes_from_recipe(str(recipe))
 
 
+@pytest.mark.parametrize("name, content", [
+    ("r.json", '{"passes": ["cleanup", "fold-constants:generator_limit=8"]}'),
+    ("r.yaml", "passes:\n  - cleanup\n  - fold-constants:generator_limit=8\n"),
+])
+def test_json_and_yaml_recipes_take_the_toml_schema(tmp_path, name, content):
+    recipe = tmp_path / name
+    recipe.write_text(content)
+    passes = passes_from_recipe(str(recipe))
+    assert [p.name for p in passes] == ["cleanup", "fold-constants"] and passes[1].options.generator_limit == 8
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("r.json", '{"passes": ["cleanup", "no-such-pass"]}', "unknown pass 'no-such-pass'"),
+    ("r.json", '{"passes": [', r"not valid JSON \(Expecting value: line 1 column 13"),
+    ("r.json", '["cleanup"]', "expected a non-empty list of strings"),
+    ("r.yaml", "passes:\n\t- cleanup\n", r"not valid YAML \(.*cannot start any token.*line 2, column 1"),
+    ("r.yml", "passes: cleanup\n", "expected a non-empty list of strings"),
+])
+def test_bad_json_and_yaml_recipes_are_one_line(tmp_path, name, content, message):
+    recipe = tmp_path / name
+    recipe.write_text(content)
+    with pytest.raises(InputError, match=message) as info:
+        passes_from_recipe(str(recipe))
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_recipe_name():
     with pytest.raises(InputError, match="unknown recipe"):
         passes_from_recipe("turbo")

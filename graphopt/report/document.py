@@ -1,6 +1,7 @@
 """The run report as a document: built from a run, written as JSON or HTML (`--report`).
 
-JSON shape (design.md): {"model": {before/after: nodes, params, bytes}, "passes": [{"name",
+JSON shape (documented and tested: docs/report.schema.json): {"schema_version": 1, "model":
+{before/after: nodes, params, bytes}, "passes": [{"name",
 "options", "applied", "rolled_back", "seconds", "stats", "size", "verify", "bench", "error"}],
 "summary": {...}, "environment": {...}}. `bench` per provider holds p50/p90 at
 ORT_ENABLE_ALL plus a `disable_all` entry.
@@ -21,10 +22,14 @@ from graphopt.report.html import render_html
 from graphopt.transaction import Transaction
 
 
+SCHEMA_VERSION = 1  # docs/report.schema.json; raised when a field is removed or changes meaning
+
+
 def build_report(result: RunResult, *, input_path: str | None, output_path: str | None,
                  providers: dict[str, Any], feeds: dict[str, Any], threads: int = 0) -> dict[str, Any]:
     passes = [dataclasses.asdict(r) for r in result.passes]
     return {
+        "schema_version": SCHEMA_VERSION,
         "model": {"input": input_path, "output": output_path,
                   "before": result.before.to_dict(), "after": result.after.to_dict()},
         "passes": passes,
