@@ -94,6 +94,7 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
                               feeds=data_info, threads=threads)
         report["target"] = {"name": target, "problems": target_problems(result.model, profile)}
         report["repaired"] = declared.repaired
+        report["summary"]["verify"] = verify
         write_outputs(txn, result.model, output, reports, report, progress)
     return OptimizeResult(to_kind(result.model, loaded), report, Path(output) if output else None)
 

@@ -148,7 +148,7 @@ def cmd_optimize(args) -> int:
     skipped = result.report["environment"]["providers"].get("skipped") or {}
     for name, why in skipped.items():
         print(f"skipped provider {name}: {why}")
-    print(f"wrote {args.output}")
+    print("wrote " + ", ".join([args.output, *args.report]))  # together, or none of them
     return 0
 
 

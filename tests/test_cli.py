@@ -209,3 +209,21 @@ def test_precision_is_the_matching_recipe(default_copy, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["optimize", str(default_copy), str(out), "--precision", "int8", "--recipe", "int8"])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_summary_names_every_file_written_and_says_when_nothing_was_verified(default_copy, tmp_path, capsys):
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    code, stdout, _ = run_cli(["optimize", str(default_copy), str(out), "--quiet", "--report", str(report),
+                               "--verify", "off"], capsys)
+    assert code == 0 and f"wrote {out}, {report}" in stdout
+    assert "WARNING: --verify off: no pass was checked against the input model" in stdout
+    code, stdout, _ = run_cli(["optimize", str(default_copy), str(out), "--quiet"], capsys)
+    assert code == 0 and "--verify off" not in stdout
+
+
+def test_a_lossy_pass_that_changed_nothing_says_why(tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    onnx.save(parse(ADD_RELU), src)
+    code, stdout, _ = run_cli(["optimize", str(src), str(tmp_path / "o.onnx"), "--quiet", "--passes",
+                               "quantize-weights", "--calib", "synthetic"], capsys)
+    assert code == 0 and "quantize-weights: not applied: " in stdout

@@ -31,9 +31,17 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{rec['name']}: {rec['error']}")
         elif rec.get("skipped"):
             lines.append(f"{rec['name']}: skipped: {rec['skipped']}")
-        elif not rec["applied"] and isinstance((rec.get("stats") or {}).get("skipped"), str):
-            lines.append(f"{rec['name']}: not applied: {rec['stats']['skipped']}")  # e.g. int8 slower here
+        elif not rec["applied"] and (why := not_applied_reason(rec.get("stats") or {})):
+            lines.append(f"{rec['name']}: not applied: {why}")  # e.g. int8 slower here, nothing to quantize
     return "\n".join(lines)
+
+
+def not_applied_reason(stats: dict[str, Any]) -> str | None:
+    """Why a pass that ran changed nothing, as its stats say it (`skipped`, `reason`, `not_applied`)."""
+    for key in ("skipped", "reason", "not_applied"):
+        if isinstance(stats.get(key), str) and stats[key]:
+            return stats[key]
+    return None
 
 
 def pass_status(rec: dict[str, Any]) -> str:
@@ -64,6 +72,8 @@ def format_summary(report: dict[str, Any]) -> str:
                  + (f" ({', '.join(rolled)})" if rolled else ""))
     data = report.get("data") or {}  # where the feeds came from, and what was not checked
     lines += ([data["summary"]] if data.get("summary") else []) + [f"WARNING: {w}" for w in data.get("warnings", [])]
+    if summary.get("verify") == "off":
+        lines.append("WARNING: --verify off: no pass was checked against the input model")
     return "\n".join(lines)
 
 
