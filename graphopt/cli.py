@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--shape", action="append", default=[])
     p.add_argument("--json", action="store_true")
+    _add_custom_ops(p)
     p = sub.add_parser("bench", help="latency on ONNX Runtime execution providers", formatter_class=_Help)
     p.add_argument("model")
     p.add_argument("--providers", help="default: every provider this onnxruntime has")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS", help="symbolic dims of an input")
     p.add_argument("--data", help=".npz or directory of .npz: the feed to time")
     p.add_argument("--json", action="store_true")
+    _add_custom_ops(p)
     sub.add_parser("passes", help="every pass with its options and defaults")
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -123,6 +125,13 @@ def _add_optimize(sub) -> None:
                    help="with --recipe auto: what the search minimizes inside the budget")
     p.add_argument("--seed", type=_int_in(*SEED), default=0, help="for synthesized inputs")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_custom_ops(p)
+
+
+def _add_custom_ops(p) -> None:
+    p.add_argument("--custom-ops", action="append", default=[], metavar="LIB.so",
+                   help="a custom-op library ONNX Runtime registers for every session (repeatable), "
+                   "so models with custom domains are verified")
 
 
 def cmd_optimize(args) -> int:
@@ -246,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("onnx_ir", "onnxscript"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        return COMMANDS[args.command](args)
+        return _with_custom_ops(args)
     except GraphoptError as exc:
         if args.debug:
             traceback.print_exc()
@@ -267,6 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graphopt: internal error (a bug in graphopt: rerun with --debug and report it): "
               f"{type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 3
+
+
+def _with_custom_ops(args) -> int:
+    libraries = getattr(args, "custom_ops", None)
+    if not libraries:
+        return COMMANDS[args.command](args)
+    from graphopt.runtime import custom_op_libraries
+
+    with custom_op_libraries(libraries):
+        return COMMANDS[args.command](args)
 
 
 def _one_line(text: str) -> str:

@@ -10,6 +10,7 @@ Only past 1 GB of in-memory weights is the model written to a temporary file fir
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import functools
 import os
@@ -90,7 +91,32 @@ def session_options(opt_level: str = "disable_all", threads: int = 0,
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    for library in _CUSTOM_OPS.get():
+        so.register_custom_ops_library(library)
     return so
+
+
+_CUSTOM_OPS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("custom_ops", default=())
+
+
+@contextlib.contextmanager
+def custom_op_libraries(paths: list[str] | tuple[str, ...]) -> Iterator[None]:
+    """Every session built inside registers these custom-op libraries (`--custom-ops LIB.so`, ORT's
+    `register_custom_ops_library`), so models with custom domains are verified like any other.
+    Each path is checked first: a missing file or one ORT cannot load is one line, exit 2."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError(f"--custom-ops {path}: no such file")
+        try:
+            ort.SessionOptions().register_custom_ops_library(str(path))
+        except Exception as exc:  # noqa: BLE001  (ORT raises its own private types)
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise InputError(f"--custom-ops {path}: ONNX Runtime cannot load it ({first})") from None
+    token = _CUSTOM_OPS.set(tuple(str(p) for p in paths))
+    try:
+        yield
+    finally:
+        _CUSTOM_OPS.reset(token)
 
 
 @functools.lru_cache(maxsize=1)

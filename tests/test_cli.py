@@ -227,3 +227,36 @@ def test_a_lossy_pass_that_changed_nothing_says_why(tmp_path, capsys):
     code, stdout, _ = run_cli(["optimize", str(src), str(tmp_path / "o.onnx"), "--quiet", "--passes",
                                "quantize-weights", "--calib", "synthetic"], capsys)
     assert code == 0 and "quantize-weights: not applied: " in stdout
+
+
+CUSTOM_INVERSE = """
+<ir_version: 9, opset_import: ["" : 17, "ai.onnx.contrib" : 1]>
+g (float[3, 3] x) => (float[3, 3] y) {
+    t = Identity(x)
+    y = ai.onnx.contrib.Inverse(t)
+}
+"""
+
+
+def test_custom_ops_library_lets_a_custom_domain_model_be_verified(tmp_path, capsys):
+    extensions = pytest.importorskip("onnxruntime_extensions")
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(onnx.parser.parse_model(CUSTOM_INVERSE), src)
+    code, _, err = run_cli(["optimize", str(src), str(out), "--quiet"], capsys)
+    assert code == 2 and "ai.onnx.contrib:Inverse(-1) is not a registered function/op" in err and not out.exists()
+    code, stdout, err = run_cli(["optimize", str(src), str(out), "--quiet", "--custom-ops",
+                                 extensions.get_library_path()], capsys)
+    assert code == 0, err
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Inverse"] and "WARNING" not in stdout
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.so", "--custom-ops {p}: no such file"),
+    (lambda d: (d / "bad.so").write_text("not a library") and d / "bad.so", "--custom-ops {p}: ONNX Runtime cannot load it ("),
+])
+def test_custom_ops_library_that_cannot_load_is_one_line(default_copy, tmp_path, capsys, make, message):
+    path = make(tmp_path)
+    code, _, err = run_cli(["optimize", str(default_copy), str(tmp_path / "o.onnx"), "--custom-ops", str(path)],
+                           capsys)
+    assert code == 2 and err.startswith("graphopt: error: " + message.format(p=path)) and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
