@@ -18,6 +18,7 @@ import numpy as np
 from graphopt.data import MAX_DIM
 from graphopt.errors import InputError
 from graphopt.limits import RUNS, SEED, THREADS
+MAX_READER_FEEDS = 1_000_000  # a CalibrationDataReader that never returns None is a bug
 CHOICES = {"verify": ("each", "end", "off"), "on_fail": ("rollback", "fail", "warn"), "goal": ("latency", "size")}
 
 
@@ -106,6 +107,8 @@ def _feeds_arg(name: str, value):
     """A path stays a path; an iterable of feeds becomes a checked list of dicts of arrays."""
     if value is None or isinstance(value, (str, os.PathLike)):
         return value
+    if callable(getattr(value, "get_next", None)) and not isinstance(value, Iterable):
+        value = _reader_feeds(name, value)  # ONNX Runtime's CalibrationDataReader
     expected = f"{name}: expected a path to .npz data or an iterable of feeds (dicts of input name -> numpy array)"
     if isinstance(value, (Mapping, np.ndarray, bytes)) or not isinstance(value, Iterable):
         hint = "; wrap a single feed in a list" if isinstance(value, Mapping) else ""
@@ -118,6 +121,23 @@ def _feeds_arg(name: str, value):
             if not isinstance(key, str) or not isinstance(array, (np.ndarray, np.generic)):
                 raise InputError(f"{expected}; feed {i} maps {_show(key)} to {_show(array)}")
     return feeds
+
+
+def _reader_feeds(name: str, reader) -> list:
+    """The feeds of an ONNX Runtime `CalibrationDataReader` (`get_next()` until None), so code
+    written for `quantize_static` hands its reader over as is; an exception in it is one line."""
+    feeds = []
+    while True:
+        try:
+            feed = reader.get_next()
+        except Exception as exc:  # noqa: BLE001  (the user's reader: any error is input)
+            raise InputError(f"{name}: the data reader raised {type(exc).__name__}: {exc}") from None
+        if feed is None:
+            return feeds
+        feeds.append(feed)
+        if len(feeds) > MAX_READER_FEEDS:
+            raise InputError(f"{name}: the data reader gave more than {MAX_READER_FEEDS} feeds without "
+                             "returning None; a reader must end")
 
 
 def _shapes_arg(shapes):

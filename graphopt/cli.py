@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help=".npz or directory of .npz: the feed to time")
     p.add_argument("--json", action="store_true")
     _add_custom_ops(p)
-    sub.add_parser("passes", help="every pass with its options and defaults")
+    p = sub.add_parser("passes", help="every pass with its options and defaults; `passes NAME`: one pass explained")
+    p.add_argument("name", nargs="?", help="a pass name: its description and each option explained")
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -227,6 +229,8 @@ def cmd_passes(args) -> int:
     from graphopt.registry import registered_passes
     from graphopt.recipes import RECIPES
 
+    if args.name:
+        return _explain_pass(args.name)
     for name, cls in registered_passes().items():
         print(f"{name}  [{cls.tolerance.kind}]  {cls.summary}")
         print(f"    module: {cls.__module__}.{cls.__qualname__}")
@@ -235,6 +239,27 @@ def cmd_passes(args) -> int:
     print("\nrecipes:")
     for name, items in RECIPES.items():
         print(f"  {name}: {','.join(items)}")
+    return 0
+
+
+def _explain_pass(name: str) -> int:
+    """`graphopt passes NAME`: the pass's summary, its module's statement, each option with its
+    type (choices), default and the explanation its Options class gives."""
+    import sys as _sys
+
+    from graphopt.options import describe_options, option_notes
+    from graphopt.registry import get_pass
+
+    cls = get_pass(name)  # an unknown name: InputError listing the passes
+    doc = (_sys.modules[cls.__module__].__doc__ or "").strip()
+    print(f"{cls.name}  [{cls.tolerance.kind}]  {cls.summary}\n")
+    if doc:
+        print(doc.split("\n\n")[0] + "\n")
+    notes = option_notes(cls.Options)
+    rows = describe_options(cls.Options)
+    print("options (--passes " + f"{cls.name}:key=value;key=value):" if rows else "options: none")
+    for opt, kind, default in rows:
+        print(f"  {opt}: {kind} = {default}" + (f"\n      {notes[opt]}" if opt in notes else ""))
     return 0
 
 
@@ -264,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graphopt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `graphopt passes | head`: the reader left; not an error of the run
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
     except MemoryError as exc:  # the model or its feeds are too large for this machine: not a bug
         if args.debug:
             traceback.print_exc()

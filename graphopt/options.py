@@ -96,6 +96,24 @@ def describe_options(cls: type) -> list[tuple[str, str, Any]]:
     return rows
 
 
+def option_notes(cls: type) -> dict[str, str]:
+    """Each option's explanation as its Options class states it: the comment after the field
+    (`speed_runs: int = 30  # timed runs per candidate`), for `graphopt passes NAME`."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    notes = {}
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*=[^#]*#\s*(.+)$", line)
+        if match:
+            notes[match.group(1)] = match.group(2).strip()
+    return notes
+
+
 def _type_name(hint: Any) -> str:
     origin = get_origin(hint)
     if origin is Literal:

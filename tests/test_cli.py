@@ -260,3 +260,18 @@ def test_custom_ops_library_that_cannot_load_is_one_line(default_copy, tmp_path,
                            capsys)
     assert code == 2 and err.startswith("graphopt: error: " + message.format(p=path)) and len(err.splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_passes_name_explains_each_option(capsys):
+    code, out, _ = run_cli(["passes", "quantize"], capsys)
+    assert code == 0 and out.startswith("quantize  [lossy]")
+    assert "  max_fallback: int = 64\n      at most this many nodes go back to float" in out
+    assert "  method: minmax|percentile|entropy|mse = percentile" in out
+    code, _, err = run_cli(["passes", "nope"], capsys)
+    assert code == 2 and err.startswith("graphopt: error: unknown pass 'nope' (known: ")
+
+
+def test_a_closed_pipe_is_not_an_internal_error():
+    proc = subprocess.run(f"'{sys.executable}' -m graphopt passes | head -1", shell=True, capture_output=True,
+                          text=True)
+    assert proc.stdout.count("\n") == 1 and "internal error" not in proc.stderr

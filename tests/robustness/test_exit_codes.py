@@ -402,6 +402,27 @@ def test_api_refuses_malformed_tensors_in_a_proto(name):
     assert re.fullmatch("model: " + message, str(info.value)), str(info.value)
 
 
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol: get_next() until None (not iterable)."""
+
+    def __init__(self, count: int, fail_at: int | None = None):
+        self.feeds = iter([{X: np.full((1, 4), i, np.float32)} for i in range(count)])
+        self.fail_at, self.calls = fail_at, 0
+
+    def get_next(self):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError("disk gone")
+        return next(self.feeds, None)
+
+
+def test_api_takes_an_onnxruntime_calibration_data_reader():
+    result = graphopt.optimize(_model(inits=[_w()]), passes="cleanup", data=_Reader(3))
+    assert result.report["data"]["count"] == 3
+    with pytest.raises(InputError, match=r"^calib: the data reader raised OSError: disk gone$"):
+        graphopt.optimize(_model(inits=[_w()]), passes="cleanup", calib=_Reader(3, fail_at=2))
+
+
 def test_api_feeds_from_a_generator_are_used(tmp_path):
     feeds = ({X: np.full((1, 4), i, np.float32)} for i in range(2))
     result = graphopt.optimize(_model(inits=[_w()]), passes="cleanup", data=feeds)
