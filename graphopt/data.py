@@ -3,6 +3,7 @@
 The feed rule (README "CLI", DATA):
 - A directory holds one `.npz` per feed, taken as it is.
 - A single `.npy` is the one input of a one-input model, read as a single `.npz` would be.
+- A `.json` is Polygraphy's input file (`--save-inputs`): a list of whole feeds.
 - A single `.npz` holds arrays keyed by input name whose first axis is the sample axis. It is
   split into feeds of the model's batch size: an input whose first dim is static (`[1, 3, 60,
   160]`) gets feeds of that many samples (the count must divide evenly); an input whose first
@@ -213,6 +214,8 @@ def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:
         if not files:
             raise InputError(f"{path}: directory holds no .npz files")
         feeds = [dict(_read_npz(f)) for f in files]
+    elif path.suffix == ".json":
+        feeds = read_polygraphy_json(path)
     else:
         arrays = _read_npy(path, specs) if path.suffix == ".npy" else _read_npz(path)
         feeds = _split_samples(path, arrays, specs)
@@ -234,6 +237,36 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             raise InputError(f"{path}: member '{name}' is not a .npy array (a pickle or other raw bytes); "
                              "graphopt reads plain arrays only")
     return arrays
+
+
+def read_polygraphy_json(path: Path) -> list[Feed]:
+    """Polygraphy's input file (`polygraphy run --save-inputs`): a JSON list of feeds, each input an
+    object {"polygraphy_class": "ndarray", "array": base64 of the .npy bytes}; taken as whole feeds
+    (one per iteration), never unpickled."""
+    import base64
+    import binascii
+    import io
+    import json
+
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable JSON input file ({_first_line(exc)})") from None
+    if not isinstance(document, list) or not document or not all(isinstance(f, dict) for f in document):
+        raise InputError(f"{path}: expected Polygraphy's input format, a JSON list of {{input name: array}} feeds")
+    feeds = []
+    for i, entry in enumerate(document):
+        feed = {}
+        for name, value in entry.items():
+            if not isinstance(value, dict) or value.get("polygraphy_class") != "ndarray" or "array" not in value:
+                raise InputError(f"{path}: feed {i}, input '{name}' is not a Polygraphy ndarray "
+                                 "({\"polygraphy_class\": \"ndarray\", \"array\": ...})")
+            try:
+                feed[name] = np.load(io.BytesIO(base64.b64decode(value["array"], validate=True)), allow_pickle=False)
+            except (binascii.Error, ValueError, OSError) as exc:
+                raise InputError(f"{path}: feed {i}, input '{name}': not base64 .npy data ({_first_line(exc)})") from None
+        feeds.append(feed)
+    return feeds
 
 
 def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:

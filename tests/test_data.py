@@ -128,3 +128,31 @@ def test_npy_is_the_one_input_of_a_one_input_model(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match=r"obj\.npy: not a readable \.npy file"):
         load_feeds(tmp_path / "obj.npy", _model(ADD_RELU))
+
+
+def _polygraphy_array(array: np.ndarray) -> dict:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return {"array": base64.b64encode(buffer.getvalue()).decode(), "polygraphy_class": "ndarray"}
+
+
+def test_polygraphy_json_inputs_are_whole_feeds(tmp_path):
+    import json
+
+    feeds = [{"x": np.full((3, 4), i, np.float32)} for i in range(3)]
+    path = tmp_path / "inputs.json"
+    path.write_text(json.dumps([{k: _polygraphy_array(v) for k, v in f.items()} for f in feeds]))
+    got = load_feeds(path, _model(ADD_RELU))
+    assert len(got) == 3 and all(np.array_equal(a["x"], b["x"]) for a, b in zip(got, feeds))
+    path.write_text(json.dumps([{"x": {"polygraphy_class": "ndarray", "array": "%%%"}}]))
+    with pytest.raises(InputError, match=r"feed 0, input 'x': not base64 \.npy data"):
+        load_feeds(path, _model(ADD_RELU))
+    path.write_text(json.dumps([{"x": [1, 2]}]))
+    with pytest.raises(InputError, match=r"feed 0, input 'x' is not a Polygraphy ndarray"):
+        load_feeds(path, _model(ADD_RELU))
+    path.write_text("{")
+    with pytest.raises(InputError, match=r"not a readable JSON input file"):
+        load_feeds(path, _model(ADD_RELU))
