@@ -161,7 +161,8 @@ class PassManager:
         release_mappings(result.model if result is not None else model)  # don't keep read weights resident
         if result is not None and result.modified and verify and (failure is None or self.config.on_fail == "warn"):
             verdict = verify_candidate(result.model, self.feeds, self.previous, p.tolerance,
-                                       self.config.budget, self.known_problems, self.reference, self.kinds)
+                                       self.config.budget, self.known_problems, self.reference, self.kinds,
+                                       deployed=p.deployed_numerics)
             record.verify = verdict.summary()
             if not verdict.ok:  # after a growth failure (kept under warn) both are reported
                 failure = "; ".join(([failure] if failure else []) + verdict.problems)

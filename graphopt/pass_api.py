@@ -171,6 +171,9 @@ class Pass(abc.ABC):
     Options: ClassVar[type] = NoOptions
     tolerance: ClassVar[Tolerance] = Exact()
     preserves: ClassVar[frozenset[type]] = frozenset()
+    # its numerics change under ORT's own rewrites (Q/DQ -> integer kernels): verified at
+    # ORT_ENABLE_ALL too (graphopt.verify.verify_candidate)
+    deployed_numerics: ClassVar[bool] = False
 
     def __init__(self, options: Any = None, **values: Any):
         if options is not None and values:

@@ -142,7 +142,8 @@ def reference_outputs(source, feeds: list[Feed]) -> list[Feed]:
 
 def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], tolerance: Tolerance,
                      budget: Budget, known: frozenset[str] = frozenset(),
-                     reference: list[Feed] | None = None, kinds: dict | None = None) -> Verdict:
+                     reference: list[Feed] | None = None, kinds: dict | None = None,
+                     deployed: bool = False) -> Verdict:
     """Full check of one candidate.
 
     Exact and reassoc tolerances judge the pass's own change (against `previous`, the outputs
@@ -150,6 +151,11 @@ def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], t
     (the input model's outputs) with the run's budget. `known` holds structural problems
     the input model already had; only new ones count. `kinds`: what each output is, inferred
     once per run by the caller (inferred here from the reference when not given).
+
+    The graph is run as written (ORT_DISABLE_ALL). `deployed` (a lossy pass whose numerics ORT's
+    own rewrites change: Q/DQ becomes QLinearConv / MatMulInteger kernels that round once, not
+    twice) also judges the budget on the model as deployments run it (ORT_ENABLE_ALL); a miss
+    there is a problem like any other, named "(ORT_ENABLE_ALL)".
     """
     problems = [p for p in structural_problems(model) if p not in known]
     if problems:
@@ -165,11 +171,23 @@ def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], t
     cumulative = delta if same else compare_outputs(reference, outputs, kinds)
     problems = [f"{name}: output shape changed" for name, m in delta.items() if not m.shape_match]
     problems += tolerance.violations(cumulative if isinstance(tolerance, Lossy) else delta, budget)
+    if deployed and isinstance(tolerance, Lossy) and reference is not None:
+        problems += _deployed_problems(model, feeds, reference, kinds, tolerance, budget)
     statement = None
     if isinstance(tolerance, Lossy):
         statement = budget_statement(budget if budget.limits else tolerance.default, cumulative,
                                      explicit=bool(budget.limits))
     return Verdict(not problems, problems, delta, cumulative, outputs, statement)
+
+
+def _deployed_problems(model: ir.Model, feeds: list[Feed], reference: list[Feed], kinds: dict,
+                       tolerance: Tolerance, budget: Budget) -> list[str]:
+    """The budget's misses on the model run at ORT_ENABLE_ALL (see verify_candidate)."""
+    try:
+        outputs = run_model(model, feeds, opt_level="enable_all")
+    except Exception as exc:  # noqa: BLE001  (ORT raises several private types)
+        return [f"(ORT_ENABLE_ALL) {_first_line(exc)}"]
+    return [f"(ORT_ENABLE_ALL) {p}" for p in tolerance.violations(compare_outputs(reference, outputs, kinds), budget)]
 
 
 def _first_line(exc: Exception) -> str:

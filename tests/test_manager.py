@@ -389,3 +389,37 @@ def test_a_lossy_pass_missing_the_budget_on_held_out_feeds_is_retried_with_a_gua
     # without feeds apart from the verification ones, a retry would search on the feeds it is judged on
     same = optimize(models.mlp(), passes=[OverfitScale()], budget=["snr_db=40"], data=calib[:2])
     assert same.report["passes"][0]["rolled_back"] and "budget_retries" not in same.report["passes"][0]["stats"]
+
+
+class DeployedDrift(ScaleOutput):
+    """A lossy pass that declares deployed numerics (as quantize does); the test fakes what ORT's
+    integer kernels at ORT_ENABLE_ALL would change."""
+
+    name = "deployed-drift"
+    deployed_numerics = True
+
+    def __init__(self):
+        super().__init__(0.0)
+
+
+def test_a_pass_with_deployed_numerics_is_verified_at_ort_enable_all_too(monkeypatch):
+    import graphopt.verify as verify_module
+
+    real = verify_module.run_model
+    levels = []
+
+    def run_model(model, feeds, provider="cpu", opt_level="disable_all"):
+        levels.append(opt_level)
+        outputs = real(model, feeds, provider, opt_level)
+        if opt_level == "enable_all":  # what integer kernels would do differently
+            outputs = [{k: v * 1.5 for k, v in o.items()} for o in outputs]
+        return outputs
+
+    monkeypatch.setattr(verify_module, "run_model", run_model)
+    result = optimize(models.mlp(), passes=[DeployedDrift()], budget=["snr_db=40"], calib="synthetic")
+    record = result.report["passes"][0]
+    assert "enable_all" in levels and record["rolled_back"]
+    assert record["error"].startswith("(ORT_ENABLE_ALL) ") and "snr_db" in record["error"]
+    levels.clear()
+    kept = optimize(models.mlp(), passes=[ScaleOutput(1e-3)], budget=["snr_db=40"], calib="synthetic")
+    assert kept.report["passes"][0]["applied"] and "enable_all" not in levels  # only where it is declared

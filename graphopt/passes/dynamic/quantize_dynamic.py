@@ -54,6 +54,7 @@ class QuantizeDynamic(Pass):
     summary = "dynamic INT8: int8 weights per channel, activations quantized at run time, sized to the budget"
     Options = QuantizeDynamicOptions
     tolerance = Lossy()
+    deployed_numerics = True  # ORT_ENABLE_ALL runs integer kernels: verified there too
 
     def requires(self, model: ir.Model, ctx: PassContext) -> str | None:
         opset = default_opset(model)

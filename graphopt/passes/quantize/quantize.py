@@ -61,6 +61,7 @@ class Quantize(Pass):
     summary = "static INT8 by Q/DQ insertion (profiles: " + ", ".join(PROFILES) + "), sized to the budget"
     Options = QuantizeOptions
     tolerance = Lossy()
+    deployed_numerics = True  # ORT_ENABLE_ALL runs integer kernels: verified there too
 
     def requires(self, model: ir.Model, ctx: PassContext) -> str | None:
         current = default_opset(model)

@@ -57,6 +57,7 @@ class QuantizeWeights(Pass):
                "(MatMulNBits / GatherBlockQuantized, or DequantizeLinear at opset 21), sized to the budget")
     Options = QuantizeWeightsOptions
     tolerance = Lossy()
+    deployed_numerics = True  # ORT_ENABLE_ALL runs integer kernels: verified there too
 
     def requires(self, model: ir.Model, ctx: PassContext) -> str | None:
         opset = default_opset(model)
