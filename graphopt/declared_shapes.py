@@ -62,6 +62,17 @@ def check_input(model: ir.Model) -> InputCheck:
     return result
 
 
+def repair_exposed(model: ir.Model) -> list[str]:
+    """After a rewrite that lets shape inference see further (a raised opset, a Reshape target
+    resolved to a constant), declarations the input carried unnoticed can contradict inference
+    and fail the checker (ddddocr's CRNN declares its [T, 1, 8210] logits as [1, seqlen]). Only
+    when the checker fails, the contradicted declarations are dropped or corrected as at load
+    time (`drop_contradicted`), one line each for the pass's stats."""
+    if checker_problem(model) is None:
+        return []
+    return drop_contradicted(model)
+
+
 def drop_contradicted(model: ir.Model) -> list[str]:
     """Drop declared shapes (and intermediate types) that inference contradicts; one line each."""
     inferred = _inferred_without_declarations(model)

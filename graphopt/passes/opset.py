@@ -39,11 +39,10 @@ from onnx_ir.passes import common as irp
 from graphopt.upstream import onnxscript_version_converter as onnxscript_vc
 
 from graphopt.analyses import infer_shapes
-from graphopt.declared_shapes import drop_contradicted
+from graphopt.declared_shapes import repair_exposed
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.size import data_bytes
 from graphopt.tolerance import Exact
-from graphopt.verify import checker_problem
 
 MAX_OPSET = onnx.defs.onnx_opset_version()
 ONNXSCRIPT_RANGE = (onnxscript_vc.SUPPORTED_MIN_ONNX_OPSET, onnxscript_vc.SUPPORTED_MAX_ONNX_OPSET)
@@ -87,23 +86,10 @@ class RaiseOpset(Pass):
         # attributes that became inputs (Reshape shape, Unsqueeze axes, Clip bounds) are new constants
         stats = {"from": current, "to": target, "steps": [f"{c}:{v}" for c, v in steps],
                  "bytes_added": data_bytes(model) - bytes_before}
-        repaired = repair_declarations(model)
+        repaired = repair_exposed(model)  # the new opset's inference may see wrong declarations
         if repaired:
             stats["declarations_repaired"] = repaired
         return PassResult(model, True, stats)
-
-
-def repair_declarations(model: ir.Model) -> list[str]:
-    """Declared shapes the conversion exposed as wrong, repaired as at load time.
-
-    At the new opset, inference sees further (a Reshape's shape is now a constant input it reads),
-    so a declaration the input carried unnoticed can contradict it and fail the checker (ddddocr's
-    CRNN declares its [T, 1, 8210] logits as [1, seqlen]: the converted model failed and the pass
-    was rolled back, leaving every later fusion at opset 12). Only when the checker fails, the
-    contradicted declarations are dropped or corrected (graphopt.declared_shapes) and listed."""
-    if checker_problem(model) is None:
-        return []
-    return drop_contradicted(model)
 
 
 def conversion_steps(current: int, target: int) -> list[tuple[str, int]]:

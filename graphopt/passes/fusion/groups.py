@@ -10,9 +10,14 @@ The algebra each group relies on:
 - fuse-activations: Relu∘Relu = Relu, Clip∘Clip = Clip(max lo, min hi), Relu∘Clip and
   Clip∘Relu = Clip with lo ≥ 0; Min/Max with scalar constants = Clip; x·HardSigmoid(x) and
   the decomposed forms = HardSwish.
-- simplify: no-op Reshape/Pad/Cast/Expand/Transpose/Dropout/Add 0/Sub 0/Mul 1/Div 1 removal, and chains
-  that compose: Transpose∘Transpose (perm composition, identity removed), Reshape∘Reshape,
-  Unsqueeze∘Unsqueeze, Cast∘Cast where the middle type loses nothing, Slice chains.
+- simplify: no-op Reshape/Pad/Cast/Expand/Transpose/Dropout removal; an exactly neutral constant
+  operand (x+0, x-0, x·1, x/1, x∧true, x∨false, x⊕false, Where with a constant condition) whose
+  broadcast keeps the shape (neutral.py); a provably zero LSTM/GRU/RNN initial state dropped
+  (recurrent_state.py); a Reshape target or Expand shape computed at run time that symbolic dims
+  prove constant or the input's own (shape_rules.py, symbolic.py); and chains that compose:
+  Transpose∘Transpose (perm composition, identity removed), Reshape∘Reshape (zeros resolved
+  first), Reshape∘Transpose of size-1 axes, Unsqueeze∘Unsqueeze, Cast∘Cast where the middle type
+  loses nothing, Slice chains.
 - matmul-to-gemm: a 2-D MatMul + bias Add = Gemm (TensorRT prefers MatMul; target-dependent).
 
 Every rewrite computes in float re-association at most, hence `reassoc` tolerance.
@@ -25,13 +30,18 @@ from typing import ClassVar
 import onnx_ir as ir
 from onnxscript.rewriter.rules import common as rules
 
+from graphopt.declared_shapes import repair_exposed
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.tolerance import Reassoc
 from graphopt.passes.fusion.bn_fold import bn_fold_rules
 from graphopt.passes.fusion.conv_affine import conv_channel_rules
+from graphopt.passes.fusion.neutral import constant_where_rule, neutral_rules
+from graphopt.passes.fusion.recurrent_state import zero_state_rules
 from graphopt.passes.fusion.rules import RuleGroup, RuleOptions, apply_rule_group
 from graphopt.passes.fusion.safe_rules import (clip_then_clip_rule, clip_then_relu_rule, dropout_inference_rule,
                                                pad_noop_rule, relu_then_clip_rule, reshape_noop_rule)
+from graphopt.passes.fusion.shape_rules import (expand_own_shape_rule, reshape_reshape_exact_rule, reshape_target_rule,
+                                                reshape_unit_transpose_rule, unsqueeze_unsqueeze_rule)
 
 FUSION_TOLERANCE = Reassoc(rtol=1e-4, atol=1e-5)
 
@@ -82,18 +92,27 @@ class FuseActivations(RuleGroupPass):
 
 class Simplify(RuleGroupPass):
     name = "simplify"
-    summary = ("remove no-op Cast/Expand/Transpose/Dropout/+0/*1, collapse Transpose/Reshape/"
-               "Unsqueeze/Cast/Slice chains")
+    summary = ("remove no-op Cast/Expand/Transpose/Dropout/+0/*1, constant And/Or/Where, zero recurrent "
+               "states; resolve run-time Reshape targets; collapse Transpose/Reshape/Unsqueeze/Cast/Slice chains")
     group = RuleGroup.of(
-        needs_shapes=True, reshape_noop=reshape_noop_rule, pad_noop=pad_noop_rule,
+        needs_shapes=True, reshape_target=reshape_target_rule, expand_own_shape=expand_own_shape_rule,
+        **zero_state_rules(), reshape_noop=reshape_noop_rule, pad_noop=pad_noop_rule,
         cast_noop=rules.no_op_cast_rule, expand_noop=rules.no_op_expand_rule,
         transpose_noop=rules.no_op_transpose_rule, dropout_inference=dropout_inference_rule,
-        dropout_zero=rules.dropout_zero_rule, add_0=rules.add_0_rule, sub_0=rules.sub_0_rule,
-        mul_1=rules.mul_by_1_rule, div_1=rules.div_by_1_rule,
-        transpose_transpose=rules.transpose_transpose_rule, reshape_reshape=rules.reshape_reshape_rule,
-        unsqueeze_unsqueeze=rules.unsqueeze_unsqueeze_rule, cast_cast=rules.cast_cast_rule,
+        dropout_zero=rules.dropout_zero_rule, **neutral_rules(), constant_where=constant_where_rule,
+        transpose_transpose=rules.transpose_transpose_rule, reshape_unit_transpose=reshape_unit_transpose_rule,
+        reshape_reshape_exact=reshape_reshape_exact_rule, reshape_reshape=rules.reshape_reshape_rule,
+        unsqueeze_unsqueeze=unsqueeze_unsqueeze_rule, cast_cast=rules.cast_cast_rule,
         squeeze_reshape_1d=rules.squeeze_reshape_1d_rule, collapse_slice=rules.collapse_slice_rule,
         collapse_slice2=rules.collapse_slice2_rule, slice_split=rules.slice_split_rule)
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        result = super().run(model, ctx)
+        if result.modified:
+            repaired = repair_exposed(result.model)  # a resolved Reshape target may expose them
+            if repaired:
+                result.stats["declarations_repaired"] = repaired
+        return result
 
 
 class MatmulToGemm(RuleGroupPass):

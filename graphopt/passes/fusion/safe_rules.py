@@ -17,6 +17,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, pattern
 
+from graphopt.passes.fusion.shape_rules import SymbolicRule
+from graphopt.passes.fusion.symbolic import const_array, is_const
+
 
 class DropoutInference(pattern.RewriteRuleClassBase):
     def pattern(self, op, x):
@@ -170,22 +173,36 @@ def resolved_reshape(input_dims: tuple[int, ...], target: np.ndarray, allowzero:
     return tuple(out)
 
 
-class ReshapeNoop(pattern.RewriteRuleClassBase):
-    """Reshape(x, s) where s resolves to x's own static shape is the identity."""
+class ReshapeNoop(SymbolicRule):
+    """Reshape(x, s) where s resolves to x's own shape is the identity. With symbolic dims: same
+    rank, and each element of s a 0 ("copy", allowzero=0), x's static dim, or the one -1 (which
+    then infers the one dim left, x's own)."""
 
     def pattern(self, op, x, shape):
         return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["out"])
 
     def check(self, context, x, shape, out) -> MatchResult:
         result = MatchResult()
-        if x.shape is None or not x.shape.is_static():
-            return result.fail("input shape is not static")
-        if shape.const_value is None:
+        target = const_array(shape)
+        if target is None:
             return result.fail("target shape is not constant")
-        dims = tuple(int(d) for d in x.shape.numpy())
+        target = target.reshape(-1)
         allowzero = out.producer().attributes.get_int("allowzero", 0)
-        if resolved_reshape(dims, shape.const_value.numpy(), allowzero) != dims:
-            return result.fail("Reshape changes the shape")
+        if x.shape is not None and x.shape.is_static():
+            dims = tuple(int(d) for d in x.shape.numpy())
+            if resolved_reshape(dims, target, allowzero) != dims:
+                return result.fail("Reshape changes the shape")
+            return result
+        ev = self.evaluator()
+        dims = ev.dims(x)
+        if dims is None:
+            return result.fail("input rank unknown")
+        if len(target) != len(dims) or int(np.sum(target == -1)) > 1:
+            return result.fail("Reshape changes the rank" if len(target) != len(dims) else "more than one -1")
+        for axis, (t, d) in enumerate(zip(target.tolist(), dims)):
+            if t == -1 or (t == 0 and not allowzero) or (is_const(d) and d[0] == t):
+                continue
+            return result.fail(f"Reshape may change dim {axis} ({ev.describe(d)} -> {t})")
         return result
 
     def rewrite(self, op, x, shape, out):
