@@ -14,8 +14,9 @@ RECIPE_SUMMARIES = {
     "int8": "modern + static INT8 Q/DQ calibrated on --calib, sized to the budget",
     "int8-dynamic": "modern + INT8 weights, activations quantized at run time",
     "int4": "modern + weight-only block-wise INT4 (MatMulNBits with --target ort)",
+    "fp16": "modern + float16 weights and compute, out-of-range ops kept float32 (GPU/NPU deployments)",
     "compress": "channel pruning, low-rank and INT8 sharing one budget",
     "auto": "search the chains above for the fastest (--goal latency) or smallest model in the budget",
 }
 # `--precision X`: the recipe it stands for
-PRECISIONS = {"int8": "int8", "int8-dynamic": "int8-dynamic", "int4": "int4"}
+PRECISIONS = {"int8": "int8", "int8-dynamic": "int8-dynamic", "int4": "int4", "fp16": "fp16"}

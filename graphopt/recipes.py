@@ -43,6 +43,10 @@ RECIPES["int8-dynamic"] = (*RECIPES["modern"], "quantize-dynamic")
 # to the budget; `--target ort` writes MatMulNBits / GatherBlockQuantized (targets.py), the other
 # targets DequantizeLinear with block_size at opset 21.
 RECIPES["int4"] = (*RECIPES["modern"], "quantize-weights")
+# `fp16`: float16 weights and compute after the `modern` clean-up; ops whose measured ranges
+# leave float16 and those the budget needs stay float32 (passes/precision). For GPU / NPU
+# deployments: ORT's CPU provider computes most float16 ops in float32.
+RECIPES["fp16"] = (*RECIPES["modern"], "float16")
 # `compress`: structured pruning, low-rank and int8 chained under one budget; each lossy pass may
 # spend its share of what is left (prune a third, svd half of the rest, quantize the remainder).
 RECIPES["compress"] = (*RECIPES["lossless"], "prune-channels:mode=budget;budget_share=0.34",

@@ -1,4 +1,4 @@
-"""The private onnxscript / onnx_ir names graphopt depends on, imported in one place.
+"""The private onnxscript / onnx_ir / onnxruntime names graphopt depends on, imported in one place.
 
 onnxscript and onnx_ir keep their implementation in underscore modules and may move or rename
 them in any minor release. graphopt imports such a name only here, so an upgrade that moves
@@ -30,7 +30,20 @@ from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 # supported range is public.
 from onnxscript.version_converter import _version_converter as onnxscript_version_converter
 
+
+
+def ort_kernel_definitions() -> list:
+    """Every kernel the installed ONNX Runtime registers (provider, domain, op, version range,
+    type constraints), from its compiled module: no public API lists them in onnxruntime 1.32
+    (ORT's own tools read the same call). Retire when onnxruntime exposes the kernel registry.
+    Imported on call: the module is large and only the float16 pass needs it."""
+    from onnxruntime.capi import onnxruntime_pybind11_state
+
+    return onnxruntime_pybind11_state.get_all_opkernel_def()
+
+
 __all__ = [
+    "ort_kernel_definitions",
     "FoldConstantsPass",
     "LayerNormBiasFusion",
     "LayerNormFusion",

@@ -1,6 +1,7 @@
 """The pass library. `PASSES` is THE table: every built-in pass name and the class that runs it.
 
-One family per folder (fusion/, prune/, lowrank/, quantize/), single-module passes beside them.
+One family per folder (fusion/, prune/, lowrank/, quantize/, dynamic/, weights/, precision/),
+single-module passes beside them.
 User passes registered with `graphopt.register` join these in `graphopt.registry`.
 """
 
@@ -12,6 +13,7 @@ from graphopt.passes.fusion import (FuseActivations, FuseBn, FuseConvAffine, Fus
                                     FuseRmsNorm, MatmulToGemm, OrtFusions, Simplify)
 from graphopt.passes.lowrank import SvdPass, TuckerPass
 from graphopt.passes.opset import RaiseOpset
+from graphopt.passes.precision import Float16
 from graphopt.passes.prune import Prune, PruneChannels, PruneNM
 from graphopt.passes.quantize import Quantize
 from graphopt.passes.weights import QuantizeWeights
@@ -53,6 +55,8 @@ PASSES = {
     "quantize-dynamic": QuantizeDynamic,
     # weights/
     "quantize-weights": QuantizeWeights,
+    # precision/
+    "float16": Float16,
 }
 
 __all__ = ["PASSES"]
