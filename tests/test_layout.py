@@ -71,7 +71,7 @@ def test_the_checkout_has_no_aliased_passes_folder_and_no_package_dir():
 
 def test_the_table_lists_every_pass_under_its_own_name():
     table = graphopt.passes.PASSES
-    assert len(table) == 29
+    assert len(table) == 30
     for name, cls in table.items():
         assert issubclass(cls, Pass) and cls.name == name, name
         assert cls.__module__.startswith("graphopt.passes."), name

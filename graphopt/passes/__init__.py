@@ -1,6 +1,6 @@
 """The pass library. `PASSES` is THE table: every built-in pass name and the class that runs it.
 
-One family per folder (fusion/, prune/, lowrank/, quantize/, dynamic/, weights/, precision/),
+One family per folder (fusion/, prune/, lowrank/, quantize/, dynamic/, weights/, precision/, cluster/),
 single-module passes beside them.
 User passes registered with `graphopt.register` join these in `graphopt.registry`.
 """
@@ -13,6 +13,7 @@ from graphopt.passes.fusion import (FuseActivations, FuseBn, FuseConvAffine, Fus
                                     FuseRmsNorm, MatmulToGemm, OrtFusions, Simplify)
 from graphopt.passes.lowrank import SvdPass, TuckerPass
 from graphopt.passes.opset import RaiseOpset
+from graphopt.passes.cluster import ClusterWeights
 from graphopt.passes.precision import Float16
 from graphopt.passes.prune import Prune, PruneChannels, PruneNM
 from graphopt.passes.quantize import Quantize
@@ -57,6 +58,8 @@ PASSES = {
     "quantize-weights": QuantizeWeights,
     # precision/
     "float16": Float16,
+    # cluster/
+    "cluster": ClusterWeights,
 }
 
 __all__ = ["PASSES"]
