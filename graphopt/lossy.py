@@ -20,9 +20,9 @@ leaves without a top-1 bound; `check_run_budget` logs those as warnings once per
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -221,3 +221,38 @@ def _retry_worth_it(p, record, ctx) -> bool:
     searched = isinstance(budget, dict) and budget.get("measured", True) is not False
     failed = record.rolled_back and record.verify is not None and not record.verify.get("ok", True)
     return isinstance(p.tolerance, Lossy) and searched and failed and bool(ctx.search)
+
+
+@dataclass
+class CandidateSearch:
+    """Builds and measures budget-search candidates, each once (the shared core of the lossy
+    passes' fallback searches). A candidate is whatever `build` takes (a frozenset of units kept
+    at higher precision, a {layer: bits} map); `key` makes it hashable, `describe` names it for
+    the progress line. `measure` -> (fits the budget, worst value of the budget's first metric)."""
+
+    build: Callable[[Any], ir.Model]
+    ev: Evaluator
+    budget: Budget
+    progress: Callable[[str], None] | None = None
+    describe: Callable[[Any], str] = str
+    key: Callable[[Any], Any] = lambda candidate: candidate
+    measured: dict = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return next(iter(self.budget.limits))
+
+    def measure(self, candidate) -> tuple[bool, float]:
+        key = self.key(candidate)
+        if key not in self.measured:
+            ok, metrics = self.ev.fits(self.build(candidate), self.budget)
+            self.measured[key] = (ok, worst(metrics, self.metric))
+            if self.progress is not None:
+                self.progress(f"{self.describe(candidate)}: {self.metric} {self.measured[key][1]:.5g} "
+                              f"({'fits' if ok else 'misses'} the budget)")
+        return self.measured[key]
+
+
+def levels_key(levels: dict[str, int]) -> tuple:
+    """A {layer: bits} candidate as a hashable key."""
+    return tuple(sorted(levels.items()))

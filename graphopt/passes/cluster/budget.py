@@ -17,45 +17,34 @@ every decision is a measurement. O(log) measurements per step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx_ir as ir
 
-from graphopt.lossy import Evaluator, smallest_fitting_prefix, worst
+from graphopt.lossy import CandidateSearch, Evaluator, levels_key, smallest_fitting_prefix
 from graphopt.tolerance import Budget
 
 Levels = dict[str, int]  # layer key -> bits (0: float)
 Error = Callable[[str, int], float]  # (layer key, bits) -> relative weight error
 
 
-@dataclass
-class Search:
-    build: Callable[[Levels], ir.Model]
-    ev: Evaluator
-    budget: Budget
-    progress: Callable[[str], None] | None = None
-    measured: dict[tuple, tuple[bool, float]] = field(default_factory=dict)
+def _cluster_levels(levels: Levels) -> str:
+    bits = sorted(set(levels.values()))
+    return "cluster: " + ", ".join(f"{sum(v == b for v in levels.values())} at {b or 'float'}" for b in bits)
 
-    @property
-    def metric(self) -> str:
-        return next(iter(self.budget.limits))
+
+class Search(CandidateSearch):
+    """Candidates are {layer: bits} maps (0: float)."""
+
+    def __init__(self, build: Callable[[Levels], ir.Model], ev: Evaluator, budget: Budget,
+                 progress: Callable[[str], None] | None = None):
+        super().__init__(build, ev, budget, progress, describe=_cluster_levels, key=levels_key)
 
     def fits(self, levels: Levels) -> bool:
-        key = tuple(sorted(levels.items()))
-        if key not in self.measured:
-            ok, metrics = self.ev.fits(self.build(levels), self.budget)
-            self.measured[key] = (ok, worst(metrics, self.metric))
-            if self.progress is not None:
-                bits = sorted(set(levels.values()))
-                shown = ", ".join(f"{sum(v == b for v in levels.values())} at {b or 'float'}" for b in bits)
-                self.progress(f"cluster: {shown}: {self.metric} {self.measured[key][1]:.5g} "
-                              f"({'fits' if ok else 'misses'})")
-        return self.measured[key][0]
+        return self.measure(levels)[0]
 
     def value(self, levels: Levels) -> float:
-        self.fits(levels)
-        return self.measured[tuple(sorted(levels.items()))][1]
+        return self.measure(levels)[1]
 
 
 def fit_bits(search: Search, sizes: dict[str, int], error: Error, low: int, high: int,

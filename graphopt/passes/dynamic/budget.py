@@ -15,37 +15,24 @@ model; m is the budget metric.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx_ir as ir
 
-from graphopt.lossy import Evaluator, smallest_fitting_prefix, worst
+from graphopt.lossy import CandidateSearch, Evaluator, smallest_fitting_prefix
 from graphopt.tolerance import Budget
 
 
-@dataclass
-class Search:
-    """Builds and measures candidates (units in `disabled` stay float), remembering each."""
+class Search(CandidateSearch):
+    """Candidates are frozensets of nodes in float; `what` names them for the progress lines."""
 
-    build: Callable[[frozenset[str]], ir.Model]
-    ev: Evaluator
-    budget: Budget
-    progress: Callable[[str], None]
-    what: str = "node(s) in float"  # what the frozensets hold, for the progress lines
-    measured: dict[frozenset[str], tuple[bool, float]] = field(default_factory=dict)
-
-    @property
-    def metric(self) -> str:
-        return next(iter(self.budget.limits))
+    def __init__(self, build: Callable[[frozenset[str]], ir.Model], ev: Evaluator, budget: Budget,
+                 progress: Callable[[str], None], what: str = "node(s) in float"):
+        super().__init__(build, ev, budget, progress,
+                         describe=lambda disabled: f"quantize-dynamic: {len(disabled)} {what}")
 
     def try_(self, disabled: frozenset[str]) -> bool:
-        if disabled not in self.measured:
-            ok, metrics = self.ev.fits(self.build(disabled), self.budget)
-            self.measured[disabled] = (ok, worst(metrics, self.metric))
-            self.progress(f"quantize-dynamic: {len(disabled)} {self.what}: {self.metric} "
-                          f"{self.measured[disabled][1]:.5g} ({'fits' if ok else 'misses'} the budget)")
-        return self.measured[disabled][0]
+        return self.measure(disabled)[0]
 
 
 def fit_budget(search: Search, rank: Callable[[], list[str]], max_fallback: int

@@ -13,43 +13,30 @@ m(F \\ {u}) -> m(F), "budget: cosine 0.9981 -> 0.9995 when kept float32".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx_ir as ir
 
-from graphopt.lossy import Evaluator, smallest_fitting_prefix, worst
+from graphopt.lossy import CandidateSearch, Evaluator, smallest_fitting_prefix
 from graphopt.tolerance import Budget
 
 MAX_THIN = 16
 MAX_EFFECTS = 8
 
 
-@dataclass
-class Search:
+class Search(CandidateSearch):
     """Builds and measures candidates (`kept` ops in float32), remembering each measurement."""
 
-    build: Callable[[frozenset[str]], ir.Model]
-    ev: Evaluator
-    budget: Budget
-    progress: Callable[[str], None]
-    measured: dict[frozenset[str], tuple[bool, float]] = field(default_factory=dict)
-
-    @property
-    def metric(self) -> str:
-        return next(iter(self.budget.limits))
+    def __init__(self, build: Callable[[frozenset[str]], ir.Model], ev: Evaluator, budget: Budget,
+                 progress: Callable[[str], None]):
+        super().__init__(build, ev, budget, progress,
+                         describe=lambda kept: f"float16: {len(kept)} op(s) back in float32")
 
     def try_(self, kept: frozenset[str]) -> bool:
-        if kept not in self.measured:
-            ok, metrics = self.ev.fits(self.build(kept), self.budget)
-            self.measured[kept] = (ok, worst(metrics, self.metric))
-            self.progress(f"float16: {len(kept)} op(s) back in float32: {self.metric} "
-                          f"{self.measured[kept][1]:.5g} ({'fits' if ok else 'misses'} the budget)")
-        return self.measured[kept][0]
+        return self.measure(kept)[0]
 
     def value(self, kept: frozenset[str]) -> float:
-        self.try_(kept)
-        return self.measured[kept][1]
+        return self.measure(kept)[1]
 
 
 def fit_budget(search: Search, rank: Callable[[], list[str]], max_fallback: int) -> tuple[frozenset[str] | None, dict]:

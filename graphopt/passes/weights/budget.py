@@ -20,42 +20,32 @@ one back at the level below (`without`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx_ir as ir
 
-from graphopt.lossy import Evaluator, smallest_fitting_prefix, worst
+from graphopt.lossy import CandidateSearch, Evaluator, levels_key, smallest_fitting_prefix
 from graphopt.tolerance import BUDGET_METRICS, Budget
 
 Levels = dict[str, int]  # layer key -> bits (0: float)
 MAX_EFFECTS = 8  # fallbacks whose effect is measured (one measurement each)
 
 
-@dataclass
-class Search:
-    build: Callable[[Levels], ir.Model]
-    ev: Evaluator
-    budget: Budget
-    progress: Callable[[str], None] | None = None
-    measured: dict[tuple, tuple[bool, float]] = field(default_factory=dict)
+def _weight_levels(levels: Levels) -> str:
+    counts = {bits: sum(1 for b in levels.values() if b == bits) for bits in set(levels.values())}
+    return "quantize-weights: " + ", ".join(f"{n} {'int' + str(b) if b else 'float'}" for b, n in sorted(counts.items()))
 
-    @property
-    def metric(self) -> str:
-        return next(iter(self.budget.limits))
+
+class Search(CandidateSearch):
+    """Candidates are {layer: bits} maps (0: float)."""
+
+    def __init__(self, build: Callable[[Levels], ir.Model], ev: Evaluator, budget: Budget,
+                 progress: Callable[[str], None] | None = None):
+        super().__init__(build, ev, budget, progress, describe=_weight_levels, key=levels_key)
 
     def try_(self, levels: Levels) -> tuple[bool, float]:
         """Whether `levels` fits the budget, and its value of the first budget metric."""
-        key = tuple(sorted(levels.items()))
-        if key not in self.measured:
-            ok, metrics = self.ev.fits(self.build(levels), self.budget)
-            self.measured[key] = (ok, worst(metrics, self.metric))
-            if self.progress is not None:
-                counts = {bits: sum(1 for b in levels.values() if b == bits) for bits in set(levels.values())}
-                shown = ", ".join(f"{n} {'int' + str(b) if b else 'float'}" for b, n in sorted(counts.items()))
-                self.progress(f"quantize-weights: {shown}: {self.metric} {self.measured[key][1]:.5g} "
-                              f"({'fits' if ok else 'misses'})")
-        return self.measured[key]
+        return self.measure(levels)
 
     def gain(self, better: float, base: float) -> float:
         return better - base if BUDGET_METRICS[self.metric] == "min" else base - better
