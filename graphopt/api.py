@@ -28,7 +28,7 @@ from graphopt.pass_api import Pass, PassContext
 from graphopt.recipes import DEFAULT_RECIPE, passes_from_recipe, passes_from_spec
 from graphopt.report import build_report, format_table
 from graphopt.run_data import RunData, is_synthetic, require_real_data, run_feeds
-from graphopt.runtime import resolve_providers
+from graphopt.runtime import active_custom_op_libraries, resolve_providers
 from graphopt.tolerance import Budget, Lossy
 from graphopt.targets import get_target, target_problems
 from graphopt.verify import reference_outputs, structural_problems
@@ -199,7 +199,7 @@ def _load_checked(source: Any, output, reports: list | tuple = (), data=None, ca
     loaded = load_model(source)
     plan_writes(output, reports, input_path=loaded.path, weight_files=sorted(external_data_files(loaded.model)),
                 data={"--data": data, "--calib": None if is_synthetic(calib) else calib},
-                external_likely=uses_external_data(loaded.model))
+                external_likely=uses_external_data(loaded.model), libraries=active_custom_op_libraries())
     return loaded
 
 

@@ -61,9 +61,11 @@ class WritePlan:
 
 def plan_writes(output: str | os.PathLike | None, reports: Iterable[str | os.PathLike] = (), *,
                 input_path: Path | None = None, weight_files: Iterable[Path] = (),
-                data: dict[str, Any] | None = None, external_likely: bool = False) -> WritePlan:
+                data: dict[str, Any] | None = None, external_likely: bool = False,
+                libraries: Iterable[str | os.PathLike] = ()) -> WritePlan:
     """The checked write set of a run. `data` maps a flag (`--data`, `--calib`) to its path
-    (a file or a directory of .npz files); non-path values are ignored."""
+    (a file or a directory of .npz files); non-path values are ignored. `libraries`: the
+    `--custom-ops` libraries every session loads (read, so never written over)."""
     writes: list[Access] = []
     data_file = None
     if output is not None:
@@ -82,6 +84,7 @@ def plan_writes(output: str | os.PathLike | None, reports: Iterable[str | os.Pat
     for flag, source in (data or {}).items():
         if isinstance(source, (str, os.PathLike)):
             reads += _data_reads(flag, Path(source))
+    reads += [Access(Path(lib), f"the --custom-ops library {lib}") for lib in libraries]
     plan = WritePlan(tuple(writes), tuple(reads), data_file)
     plan.check(external_likely)
     return plan

@@ -99,6 +99,11 @@ def session_options(opt_level: str = "disable_all", threads: int = 0,
 _CUSTOM_OPS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("custom_ops", default=())
 
 
+def active_custom_op_libraries() -> tuple[str, ...]:
+    """The libraries `custom_op_libraries` registers for the sessions built now."""
+    return _CUSTOM_OPS.get()
+
+
 @contextlib.contextmanager
 def custom_op_libraries(paths: list[str] | tuple[str, ...]) -> Iterator[None]:
     """Every session built inside registers these custom-op libraries (`--custom-ops LIB.so`, ORT's

@@ -275,3 +275,13 @@ def test_a_closed_pipe_is_not_an_internal_error():
     proc = subprocess.run(f"'{sys.executable}' -m graphopt passes | head -1", shell=True, capture_output=True,
                           text=True)
     assert proc.stdout.count("\n") == 1 and "internal error" not in proc.stderr
+
+
+def test_output_over_a_custom_ops_library_is_refused(default_copy, tmp_path, capsys):
+    extensions = pytest.importorskip("onnxruntime_extensions")
+    library = tmp_path / "ops.so"
+    library.write_bytes(Path(extensions.get_library_path()).read_bytes())
+    before = library.read_bytes()
+    code, _, err = run_cli(["optimize", str(default_copy), str(library), "--custom-ops", str(library)], capsys)
+    assert code == 2 and "--custom-ops library" in err and len(err.splitlines()) == 1
+    assert library.read_bytes() == before
