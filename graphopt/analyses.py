@@ -10,6 +10,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt.upstream import call_onnx_api
+from graphopt.phases import timed
 
 
 class Shapes:
@@ -17,6 +18,7 @@ class Shapes:
         self.modified = infer_shapes(model)
 
 
+@timed("shape inference")
 def infer_shapes(model: ir.Model, strict: bool = True) -> bool:
     """ONNX shape inference merged into the model in place; True if anything changed.
 

@@ -32,6 +32,7 @@ from graphopt.runtime import active_custom_op_libraries, resolve_providers
 from graphopt.tolerance import Budget, Lossy
 from graphopt.targets import get_target, target_problems
 from graphopt.verify import reference_outputs, structural_problems
+from graphopt.phases import clocked, clocked_run, current_table, timed
 
 @dataclass
 class OptimizeResult:
@@ -68,34 +69,36 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
         return _optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
                               budget=budget, seed=seed, target=target, threads=threads,
                               runs=bench_runs, reports=reports, progress=progress)
-    loaded = _load_checked(source, output, reports, data, calib)
-    declared = check_input(loaded.model)  # contradicted declared shapes dropped before any pass
-    profile = get_target(target)
-    pass_list = _resolve_passes(passes, recipe, target)
-    lossy = [p.name for p in pass_list if isinstance(p.tolerance, Lossy)]
-    require_real_data(lossy, data, calib)
-    run_budget = _as_budget(budget)
-    choice = resolve_providers(providers) if bench else None  # default: every available EP
-    run = run_feeds(loaded, data, calib, shapes, seed, bool(lossy))
-    feeds, data_info = run.verification, run.info
-    config = RunConfig(verify=verify, on_fail=on_fail, budget=run_budget,
-                       bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
-    with Transaction(say=progress) as txn:  # SIGINT/SIGTERM from here on leave nothing behind
-        reference = None
-        if (verify != "off" or run_budget.limits) and loaded.path is not None:
-            reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
-        declared.refuse_if_invalid(loaded.path)  # after ORT had its say on the file
-        manager = _manager(pass_list, config, run, seed, progress, _search_reference(loaded, run, lossy))
-        known = frozenset(structural_problems(loaded.model, checked=True))
-        result = manager.run(loaded.model, reference, known_problems=known)
-        provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
-        report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
-                              output_path=str(output) if output else None, providers=provider_info,
-                              feeds=data_info, threads=threads)
-        report["target"] = {"name": target, "problems": target_problems(result.model, profile)}
-        report["repaired"] = declared.repaired
-        report["summary"]["verify"] = verify
-        write_outputs(txn, result.model, output, reports, report, progress)
+    with clocked() as clock:
+        loaded = _load_checked(source, output, reports, data, calib)
+        declared = check_input(loaded.model)  # contradicted declared shapes dropped before any pass
+        profile = get_target(target)
+        pass_list = _resolve_passes(passes, recipe, target)
+        lossy = [p.name for p in pass_list if isinstance(p.tolerance, Lossy)]
+        require_real_data(lossy, data, calib)
+        run_budget = _as_budget(budget)
+        choice = resolve_providers(providers) if bench else None  # default: every available EP
+        run = run_feeds(loaded, data, calib, shapes, seed, bool(lossy))
+        feeds, data_info = run.verification, run.info
+        config = RunConfig(verify=verify, on_fail=on_fail, budget=run_budget,
+                           bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
+        with Transaction(say=progress) as txn:  # SIGINT/SIGTERM from here on leave nothing behind
+            reference = None
+            if (verify != "off" or run_budget.limits) and loaded.path is not None:
+                reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
+            declared.refuse_if_invalid(loaded.path)  # after ORT had its say on the file
+            manager = _manager(pass_list, config, run, seed, progress, _search_reference(loaded, run, lossy))
+            known = frozenset(structural_problems(loaded.model, checked=True))
+            result = manager.run(loaded.model, reference, known_problems=known)
+            provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
+            report = build_report(result, input_path=str(loaded.path) if loaded.path else None,
+                                  output_path=str(output) if output else None, providers=provider_info,
+                                  feeds=data_info, threads=threads)
+            report["target"] = {"name": target, "problems": target_problems(result.model, profile)}
+            report["repaired"] = declared.repaired
+            report["summary"]["verify"] = verify
+            report["timings"] = clock.table()  # up to writing the outputs
+            write_outputs(txn, result.model, output, reports, report, progress)
     return OptimizeResult(to_kind(result.model, loaded), report, Path(output) if output else None)
 
 
@@ -110,6 +113,7 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
                           reports=list(reports))
 
 
+@clocked_run
 def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
                    threads: int, runs: int, progress, reports: list) -> OptimizeResult:
     """`optimize_auto` on arguments already checked (check_optimize_arguments)."""
@@ -174,6 +178,7 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
         model = chosen.result.model
         if output is not None:
             report["model"] = {**report["model"], "output": str(output)}
+        report["timings"] = current_table()  # up to writing the outputs
         write_outputs(txn, model, output, reports, report, progress)
     return OptimizeResult(to_kind(model, loaded), report, Path(output) if output else None)
 
@@ -186,6 +191,7 @@ def _manager(pass_list: list[Pass], config: RunConfig, run: RunData, seed: int, 
     return PassManager(pass_list, config, run.verification, ctx, progress)
 
 
+@timed("reference outputs")
 def _search_reference(loaded: LoadedModel, run: RunData, lossy: list[str]) -> list[Feed] | None:
     """The input model's outputs on the search feeds (graphopt.run_data), for runs with lossy passes."""
     if not lossy or not run.search:
@@ -193,6 +199,7 @@ def _search_reference(loaded: LoadedModel, run: RunData, lossy: list[str]) -> li
     return reference_outputs(loaded.path or loaded.model, run.search)
 
 
+@timed("load")
 def _load_checked(source: Any, output, reports: list | tuple = (), data=None, calib=None) -> LoadedModel:
     """Load the model, then check what the run will write against what it reads and against
     each other (graphopt.outputs), before any pass runs."""

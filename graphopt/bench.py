@@ -23,6 +23,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.limits import MAX_RUNS
 from graphopt.runtime import create_session, return_freed_memory
+from graphopt.phases import timed
 
 LEVELS = ("enable_all", "disable_all")
 NOISE_FLOOR = 0.05  # medians this close (relative) are never called a change
@@ -114,6 +115,7 @@ def interleaved_p50(sessions: list, feed: dict[str, np.ndarray], runs: int, bloc
     return [t["p50_ms"] for t in interleaved_timings(sessions, feed, runs, block, warmup)]
 
 
+@timed("timed runs")
 def interleaved_timings(sessions: list, feed: dict[str, np.ndarray], runs: int, block: int = 5,
                         warmup: int = 3) -> list[dict[str, float]]:
     """p10/p50/p90 ms of each session, timed in alternating blocks so machine noise hits all alike.

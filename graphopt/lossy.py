@@ -30,7 +30,9 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.metrics import OutputMetrics, compare_outputs, json_float
 from graphopt.output_kinds import OutputKind, infer_kinds
-from graphopt.runtime import run_model
+from graphopt.runtime import create_session, return_freed_memory, run_feeds, run_model
+from graphopt.search_memo import SearchMemo
+from graphopt.staged import best_case, merge_metrics, promote, stageable, stages
 from graphopt.tolerance import BUDGET_METRICS, DEFAULT_BUDGET, TOP1_METRICS, Budget, Lossy, judged_value, split_key
 
 Feed = dict[str, np.ndarray]
@@ -69,10 +71,15 @@ def budget_share(budget: Budget, current: dict[str, OutputMetrics], share: float
 
 @dataclass
 class Evaluator:
-    """Measures candidates on held-out feeds against the input model's reference outputs."""
+    """Measures candidates on held-out feeds against the input model's reference outputs.
+    `fits` decides a miss on the first stages of the feeds when they already show it
+    (graphopt.staged); `feeds_seen` is how many feeds its last answer ran on."""
 
     feeds: list[Feed]
     reference: list[Feed]
+    order: list[int] = field(default_factory=list)  # feed indices, hardest found first
+    feeds_seen: int = 0
+    decided_early: int = 0  # misses decided before the last stage
 
     @classmethod
     def for_model(cls, model: ir.Model, feeds: list[Feed]) -> Evaluator:
@@ -86,12 +93,47 @@ class Evaluator:
         """What each output is, inferred once from the reference (graphopt.output_kinds)."""
         return infer_kinds(self.reference, self.feeds)
 
+    @cached_property
+    def total_positions(self) -> dict[str, int]:
+        """Top-1 positions per output over every feed (the denominators `best_case` completes)."""
+        full = compare_outputs(self.reference, self.reference, self.kinds)
+        return {name: m.positions for name, m in full.items()}
+
     def measure(self, model: ir.Model) -> dict[str, OutputMetrics]:
+        self.feeds_seen = len(self.feeds)
         return compare_outputs(self.reference, run_model(model, self.feeds), self.kinds)
 
-    def fits(self, model: ir.Model, budget: Budget) -> tuple[bool, dict[str, OutputMetrics]]:
-        metrics = self.measure(model)
-        return not budget.violations(metrics), metrics
+    def fits(self, model: ir.Model, budget: Budget, early: bool = True) -> tuple[bool, dict[str, OutputMetrics]]:
+        """Whether `model` meets `budget`, and its metrics. With `early`, a miss the first stages
+        already decide stops there (the metrics then cover `feeds_seen` feeds)."""
+        if not early or not stageable(self.reference):
+            metrics = self.measure(model)
+            return not budget.violations(metrics), metrics
+        order = self.order if len(self.order) == len(self.feeds) else list(range(len(self.feeds)))
+        session = create_session(model)
+        try:
+            parts, seen = [], 0
+            for stage in stages(order):
+                outputs = run_feeds(session, [self.feeds[i] for i in stage])
+                parts.append(compare_outputs([self.reference[i] for i in stage], outputs, self.kinds))
+                merged, seen = merge_metrics(parts), seen + len(stage)
+                bound = best_case(merged, self.total_positions) if seen < len(order) else merged
+                if budget.violations(bound):
+                    self.order = promote(order, self._hardest(stage, outputs, budget))
+                    self.feeds_seen, self.decided_early = seen, self.decided_early + (seen < len(order))
+                    return False, merged
+        finally:
+            del session
+            return_freed_memory()
+        self.order, self.feeds_seen = order, seen
+        return True, merged
+
+    def _hardest(self, stage: list[int], outputs: list[Feed], budget: Budget) -> list[int]:
+        """The feeds of the stage that decided a miss which miss the budget on their own
+        (the whole stage when none does alone)."""
+        alone = [i for i, out in zip(stage, outputs)
+                 if budget.violations(compare_outputs([self.reference[i]], [out], self.kinds))]
+        return alone or stage
 
 
 def summarize(metrics: dict[str, OutputMetrics]) -> dict[str, float]:
@@ -194,11 +236,13 @@ def run_with_retries(run_one: Callable, p, model: ir.Model, ctx) -> tuple:
     as often as not when the budget is a worst-sample statistic (a search at worst-sample cosine
     0.990 on 64 feeds met 0.985 on 32 others). Spending less of the allowance is the guard band.
     Each try starts from the model before the pass (the manager's rollback point) and is verified
-    in full; the record's stats list the tries ("budget_retries"). `run_one(model) -> (model,
-    record)` is the manager's single run; `ctx.budget` is restored afterwards."""
-    model, record = run_one(model)
+    in full; the record's stats list the tries ("budget_retries"). A try reuses what the last one
+    measured (`ctx.retry_memo`, graphopt.search_memo). `run_one(model) -> (model, record)` is the
+    manager's single run; `ctx.budget` is restored afterwards."""
     run_budget, tries = ctx.budget, []
+    ctx.retry_memo = {}
     try:
+        model, record = run_one(model)
         for share in RETRY_SHARES:
             if not _retry_worth_it(p, record, ctx):
                 break
@@ -207,7 +251,7 @@ def run_with_retries(run_one: Callable, p, model: ir.Model, ctx) -> tuple:
             ctx.progress and ctx.progress(f"{p.name}: verification missed the budget; again at {share:g} of it")
             model, record = run_one(model)
     finally:
-        ctx.budget = run_budget
+        ctx.budget, ctx.retry_memo = run_budget, None
     if tries:
         record.stats["budget_retries"] = [{"share": t["share"], "problem": t["problem"]} for t in tries]
         record.stats["budget_share_spent"] = tries[-1]["next"]
@@ -237,6 +281,7 @@ class CandidateSearch:
     describe: Callable[[Any], str] = str
     key: Callable[[Any], Any] = lambda candidate: candidate
     measured: dict = field(default_factory=dict)
+    memo: SearchMemo = field(default_factory=SearchMemo)  # earlier tries' measurements (ctx.search_memo)
 
     @property
     def metric(self) -> str:
@@ -245,7 +290,7 @@ class CandidateSearch:
     def measure(self, candidate) -> tuple[bool, float]:
         key = self.key(candidate)
         if key not in self.measured:
-            ok, metrics = self.ev.fits(self.build(candidate), self.budget)
+            ok, metrics = self.memo.fits(key, lambda: self.build(candidate), self.ev, self.budget)
             self.measured[key] = (ok, worst(metrics, self.metric))
             if self.progress is not None:
                 self.progress(f"{self.describe(candidate)}: {self.metric} {self.measured[key][1]:.5g} "

@@ -26,6 +26,7 @@ from graphopt.errors import InputError, VerificationError
 from graphopt.io import release_mappings
 from graphopt.lossy import check_run_budget, run_with_retries
 from graphopt.output_kinds import infer_kinds
+from graphopt.phases import phase
 from graphopt.pass_api import Feed, Pass, PassContext, PassResult, structure_fingerprint, types_fingerprint
 from graphopt.size import ModelSize, data_bytes, growth_problem, model_size
 from graphopt.tolerance import Budget, Exact, Lossy, Reassoc, Tolerance
@@ -146,7 +147,8 @@ class PassManager:
         bytes_before = data_bytes(model)
         start = time.perf_counter()
         try:
-            result = p.run(model, self.ctx)
+            with phase(f"pass {p.name}"):
+                result = p.run(model, self.ctx)
             record.stats = dict(result.stats)
             failure = self._silent_change(result, fingerprints, record, verify)
             if result.modified:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from graphopt.output_kinds import OutputKind, infer_kinds, squeeze_trailing
+from graphopt.phases import timed
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ def _top1(ref: list[np.ndarray], cand: list[np.ndarray]) -> float | None:
     return agree / rows if rows else 1.0  # nothing to disagree on
 
 
+@timed("compare outputs")
 def compare_outputs(ref: list[dict[str, np.ndarray]], cand: list[dict[str, np.ndarray]],
                     kinds: dict[str, OutputKind] | None = None) -> dict[str, OutputMetrics]:
     """Metrics per output name, over all feeds; `kinds` (graphopt.output_kinds) say what each

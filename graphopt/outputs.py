@@ -31,6 +31,7 @@ from graphopt.errors import InputError
 from graphopt.io import stage_model
 from graphopt.report.document import render_report
 from graphopt.transaction import STAGING_PREFIX, Transaction, existing_ancestor, file_kind, name_max
+from graphopt.phases import timed
 
 __all__ = ["Access", "Transaction", "WritePlan", "plan_writes", "write_outputs"]
 
@@ -167,6 +168,7 @@ def _probe(folder: Path, label: str) -> None:
         raise InputError(f"cannot write {label}: {folder} is not writable ({exc.strerror})") from None
 
 
+@timed("save")
 def write_outputs(txn: Transaction, model: ir.Model, output: str | os.PathLike | None, reports: list,
                   report: dict[str, Any], progress: Callable[[str], None] | None = None) -> None:
     """Stage the model (and its .data) and every report, then rename them into place together.

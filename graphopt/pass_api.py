@@ -102,8 +102,10 @@ class PassContext:
     search: list[Feed] = field(default_factory=list)  # feeds lossy passes size themselves on (run_data)
     search_reference: list[Feed] | None = None  # the input model's outputs on `search`
     progress: Callable[[str], None] | None = None
+    retry_memo: dict | None = None  # a lossy pass's measurements across its retries (graphopt.search_memo)
     _analyses: dict[type, Any] = field(default_factory=dict)
     _names: NameAuthority | None = None
+    _evaluator: Any = None
     _names_model: ir.Model | None = None
 
     def analysis(self, analysis_cls: type, model: ir.Model) -> Any:
@@ -138,10 +140,25 @@ class PassContext:
         from graphopt.lossy import Evaluator
 
         if self.search and self.search_reference is not None:
-            return Evaluator(self.search, self.search_reference)
-        if self.reference is not None and self.holdout:
-            return Evaluator(self.holdout, self.reference)
-        return Evaluator.for_model(model, self.holdout)
+            feeds, reference = self.search, self.search_reference
+        elif self.reference is not None and self.holdout:
+            feeds, reference = self.holdout, self.reference
+        else:
+            return Evaluator.for_model(model, self.holdout)
+        cached = self._evaluator
+        if cached is None or cached.feeds is not feeds or cached.reference is not reference:
+            # one per run: the hard feeds it found stay first for the next search (graphopt.staged)
+            self._evaluator = cached = Evaluator(feeds, reference)
+        return cached
+
+    def search_memo(self, *namespace):
+        """The measurements a budget search keyed by `namespace` made in an earlier try of the
+        same pass (graphopt.search_memo); empty outside `run_with_retries`."""
+        from graphopt.search_memo import SearchMemo
+
+        if self.retry_memo is None:
+            return SearchMemo()
+        return self.retry_memo.setdefault(namespace, SearchMemo())
 
     def no_match(self, pass_name: str, where: str, reason: str) -> None:
         """Record why a rewrite did not fire (visible with --debug)."""

@@ -30,6 +30,7 @@ from graphopt.data import (Feed, input_specs, load_feeds, parse_shapes, reject_i
 from graphopt.errors import InputError
 from graphopt.io import LoadedModel
 from graphopt.shape_search import ShapeChoice, choose_shapes
+from graphopt.phases import timed
 
 SYNTHETIC_FEEDS = 2
 SYNTHETIC = "synthetic"  # `--calib synthetic`: run lossy passes on generated inputs (opt-in)
@@ -66,6 +67,7 @@ def search_feeds(calibration: list[Feed], limit: int = SEARCH_FEEDS) -> list[Fee
     return [calibration[i] for i in np.linspace(0, len(calibration) - 1, limit).round().astype(int)]
 
 
+@timed("read data")
 def run_feeds(loaded: LoadedModel, data, calib, shapes, seed: int, calibrates: bool = True) -> RunData:
     """Verification, calibration and search feeds, and the report's "data" entry. With --calib
     and no --data the last quarter of the calibration feeds is held out (graphopt.data's rule);

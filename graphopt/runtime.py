@@ -26,6 +26,7 @@ import onnxruntime as ort
 from graphopt.errors import InputError
 from graphopt.io import (EXTERNAL_DATA_THRESHOLD_BYTES, external_base_dirs, in_memory_bytes, release_mappings,
                          write_to_dir)
+from graphopt.phases import timed
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -159,6 +160,7 @@ def model_file(model: ir.Model) -> Iterator[Path]:
         yield path
 
 
+@timed("session build")
 def create_session(source: ir.Model | Path, provider: str = "cpu", opt_level: str = "disable_all",
                    threads: int = 0, low_memory: bool = False, many_sessions: bool = False) -> ort.InferenceSession:
     """Build an InferenceSession; raises InputError with ORT's reason if it refuses the model."""
@@ -214,6 +216,7 @@ def return_freed_memory() -> None:
         trim(0)
 
 
+@timed("inference")
 def run_feeds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Run every feed; outputs keyed by name. Non-tensor outputs are rejected clearly."""
     names = [o.name for o in session.get_outputs()]

@@ -23,6 +23,7 @@ from graphopt.output_kinds import infer_kinds
 from graphopt.runtime import run_model
 from graphopt.tolerance import Budget, Lossy, Tolerance
 from graphopt.upstream import call_onnx_api
+from graphopt.phases import timed
 
 Feed = dict[str, np.ndarray]
 
@@ -65,6 +66,7 @@ def worst_case(metrics: dict[str, OutputMetrics]) -> dict:
             "samples": max(m.samples for m in ms)}
 
 
+@timed("checker")
 def structural_problems(model: ir.Model, checked: bool = False) -> list[str]:
     """Problems that make the file invalid, without running it (empty list when fine);
     `checked`: onnx.checker already passed on this model (the input, after declared_shapes)."""
@@ -135,11 +137,13 @@ def _order_and_name_problems(model: ir.Model) -> list[str]:
 
 
 
+@timed("reference outputs")
 def reference_outputs(source, feeds: list[Feed]) -> list[Feed]:
     """Outputs of the input model (a path or an IR model) on every feed."""
     return run_model(source, feeds)
 
 
+@timed("verification")
 def verify_candidate(model: ir.Model, feeds: list[Feed], previous: list[Feed], tolerance: Tolerance,
                      budget: Budget, known: frozenset[str] = frozenset(),
                      reference: list[Feed] | None = None, kinds: dict | None = None,

@@ -107,6 +107,7 @@ def _fit(model: ir.Model, builder: Builder, ctx: PassContext) -> tuple[Levels, d
     if opts.budget_share < 1:
         budget = budget_share(budget, ev.measure(model), opts.budget_share)
     search = Search(builder.dense, ev, budget, ctx.progress)
+    search.memo = ctx.search_memo("cluster")
     by_key = {layer.key: layer for layer in builder.layers}
     sizes_ = {layer.key: layer.size for layer in builder.layers}
     return fit_bits(search, sizes_, lambda key, bits: builder.clustered(by_key[key], bits).rel_error,

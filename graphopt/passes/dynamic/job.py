@@ -42,9 +42,13 @@ class Job:
             self._evaluation = ev, budget
         return self._evaluation
 
-    def search(self, build, what: str = "node(s) in float") -> Search:
+    def search(self, build, what: str = "node(s) in float", scope=()) -> Search:
+        """A budget search over `build`'s candidates; `scope` names what else fixes them (the
+        memo of earlier tries is keyed by it, graphopt.search_memo)."""
         ev, budget = self.evaluation()
-        return Search(build, ev, budget, self.ctx.progress or (lambda message: None), what)
+        search = Search(build, ev, budget, self.ctx.progress or (lambda message: None), what)
+        search.memo = self.ctx.search_memo("quantize-dynamic", what, *scope)
+        return search
 
     def statistics_feeds(self) -> list:
         """What the activation statistics (smoothing, estimates) run on: --calib when given, else

@@ -157,7 +157,7 @@ def _fit(job: Job, full: ir.Model) -> tuple[frozenset[str] | None, dict]:
         why = "fallback=false" if not opts.fallback else "no held-out feeds"
         return frozenset(), {"measured": False, "reason": why}
     build, start = job.build, job.build() if job.build.active else full
-    search = job.search(lambda disabled: build(disabled) if disabled else start)
+    search = job.search(lambda disabled: build(disabled) if disabled else start, scope=(frozenset(build.active),))
     if build.active in job.searched:  # the smoothing search measured this candidate already
         search.measured[frozenset()] = job.searched[build.active]
     disabled, report = fit_budget(search, job.rank, opts.max_fallback)

@@ -151,6 +151,7 @@ def _fit(model: ir.Model, builder: Builder, ctx: PassContext, opts: Float16Optio
     if opts.budget_share < 1:
         budget = budget_share(budget, ev.measure(model), opts.budget_share)
     search = Search(builder, ev, budget, ctx.progress or (lambda message: None))
+    search.memo = ctx.search_memo("float16")
     ranking: dict = {}
 
     def rank() -> list[str]:

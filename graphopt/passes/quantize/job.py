@@ -23,6 +23,7 @@ from graphopt.passes.quantize.plan import Exclusion, Plan, build_plan
 from graphopt.passes.quantize.profiles import QuantProfile
 from graphopt.passes.quantize.ranges import Calibration, Overrides, calibrate_ranges
 from graphopt.passes.quantize.sensitivity import Candidate
+from graphopt.phases import timed
 
 
 @dataclass
@@ -66,6 +67,7 @@ class QuantJob:
     def builder(self, calibration: Calibration) -> Builder:
         return Builder(self, calibration)
 
+    @timed("candidate build")
     def candidate(self, calibration: Calibration, disabled: frozenset[str]) -> Candidate:
         """`work` quantized with `calibration`'s ranges, the `disabled` units kept float."""
         model = self.work.clone()

@@ -204,7 +204,8 @@ def _fit(job: QuantJob, full: Candidate, build: Builder, proxy: dict[str, float]
     budget = effective_budget(ctx.budget)
     if opts.budget_share < 1:
         budget = budget_share(budget, ev.measure(job.model), opts.budget_share)
-    best, report = fit_budget(full, build, ev, budget, opts.max_fallback, ctx.progress, opts.rank, proxy)
+    memo = ctx.search_memo(NAME, job.calibration.method, build.base)  # candidates: disabled ∪ base
+    best, report = fit_budget(full, build, ev, budget, opts.max_fallback, ctx.progress, opts.rank, proxy, memo)
     return best, report, partial(_fits_budget, ev, budget)
 
 

@@ -9,7 +9,8 @@ With units in that order, the smallest prefix that meets the budget is found by 
 bisection (O(log n) measurements); then the prefix is thinned from its end: its last unit is
 needed, and an exponential + binary search finds how many units below it can go back to int8
 at once; the first that cannot is needed too, and so on (_prune). The stats list every fallback
-with its measured effect m(without it in float) -> m(with).
+with its measured effect m(without it in float) -> m(with); a miss is decided on the first feeds
+that show it (graphopt.staged), so m(without it) may cover only those.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Callable
 import onnx_ir as ir
 
 from graphopt.lossy import Evaluator, smallest_fitting_prefix, summarize, worst
+from graphopt.search_memo import SearchMemo
 from graphopt.tolerance import BUDGET_METRICS, Budget
+from graphopt.phases import timed
 
 
 @dataclass
@@ -37,8 +40,9 @@ Build = Callable[[frozenset[str]], Candidate]
 class _Search:
     """Builds and measures candidates, remembering each measurement."""
 
-    def __init__(self, build: Build, ev: Evaluator, budget: Budget, progress):
+    def __init__(self, build: Build, ev: Evaluator, budget: Budget, progress, memo: SearchMemo | None = None):
         self.build, self.ev, self.budget = build, ev, budget
+        self.memo = memo if memo is not None else SearchMemo()  # earlier tries' (graphopt.search_memo)
         self.metric = next(iter(budget.limits))
         self.progress = progress or (lambda message: None)
         self.measured: dict[frozenset[str], tuple[bool, float]] = {}
@@ -47,24 +51,28 @@ class _Search:
         value = worst(metrics, self.metric)
         return value if BUDGET_METRICS[self.metric] == "min" else -value
 
-    def try_(self, disabled: frozenset[str]) -> tuple[bool, float]:
-        """Whether the candidate with `disabled` in float fits, and its score (higher = better).
+    def try_(self, disabled: frozenset[str], early: bool = True) -> tuple[bool, float]:
+        """Whether the candidate with `disabled` in float fits, and its score (higher = better;
+        with `early`, a miss's score may cover only the feeds that decided it: graphopt.staged).
         Candidates are not kept (each holds its own quantized weights); the winner is rebuilt."""
         if disabled not in self.measured:
-            candidate = self.build(disabled)
-            ok, metrics = self.ev.fits(candidate.model, self.budget)
+            ok, metrics = self.memo.fits(disabled, lambda: self.build(disabled).model, self.ev, self.budget, early)
             self.measured[disabled] = (ok, self.score(metrics))
-            del candidate
+            seen = "" if self.ev.feeds_seen == len(self.ev.feeds) else \
+                f", decided on {self.ev.feeds_seen} of {len(self.ev.feeds)} feeds"
             self.progress(f"quantize: {len(disabled)} node(s) in float: {self.metric} "
-                          f"{worst(metrics, self.metric):.5g} ({'fits' if ok else 'misses'} the budget)")
+                          f"{worst(metrics, self.metric):.5g} ({'fits' if ok else 'misses'} the budget{seen})")
         return self.measured[disabled]
 
 
+@timed("budget search")
 def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max_fallback: int,
-               progress=None, rank: str = "sqnr", proxy: dict[str, float] | None = None):
-    """The candidate with the fewest float fallbacks that meets `budget`, and a report."""
-    search = _Search(build, ev, budget, progress)
-    ok, metrics = ev.fits(full.model, budget)
+               progress=None, rank: str = "sqnr", proxy: dict[str, float] | None = None,
+               memo: SearchMemo | None = None):
+    """The candidate with the fewest float fallbacks that meets `budget`, and a report; `memo`:
+    what earlier tries of the pass measured (graphopt.search_memo)."""
+    search = _Search(build, ev, budget, progress, memo)
+    ok, metrics = search.memo.fits(frozenset(), lambda: full.model, ev, budget, early=False)  # reported; the gains' base
     search.measured[frozenset()] = (ok, search.score(metrics))
     report = {"measured": True, "limits": dict(budget.limits), "all_quantized": summarize(metrics)}
     if ok or max_fallback == 0:
@@ -91,7 +99,7 @@ def _ranking(full: Candidate, search: _Search, rank: str, proxy: dict[str, float
     base = search.measured[frozenset()][1]
     gains = {}
     for unit in units:
-        _, score = search.try_(frozenset({unit}))
+        _, score = search.try_(frozenset({unit}), early=False)  # gains compare full-feed scores
         gains[unit] = score - base
     return sorted(units, key=lambda u: -gains[u])
 

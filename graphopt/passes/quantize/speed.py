@@ -23,6 +23,7 @@ import itertools
 
 from graphopt.bench import interleaved_timings, paired_verdict
 from graphopt.runtime import create_session, return_freed_memory
+from graphopt.phases import timed
 
 FAMILIES = {"conv": frozenset({"Conv", "ConvTranspose"}), "matmul": frozenset({"MatMul", "Gemm"})}
 
@@ -40,6 +41,7 @@ def family_units(plan) -> dict[str, frozenset[str]]:
 SPEED_BLOCK = 3  # runs per interleaved block: speed_runs=30 gives 10 block pairs to compare
 
 
+@timed("speed check")
 def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, margin: float, progress=None,
                    provider: str = "cpu"):
     """(winning candidate or None for float, report). `fits(candidate) -> bool` checks the budget;

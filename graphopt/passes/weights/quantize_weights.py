@@ -204,6 +204,7 @@ def _fit(model: ir.Model, builder: Builder, ctx: PassContext, rows: dict[str, di
     if opts.budget_share < 1:
         budget = budget_share(budget, ev.measure(model), opts.budget_share)
     search = Search(builder, ev, budget, ctx.progress)
+    search.memo = ctx.search_memo("quantize-weights", builder.accuracy_level)
     proxy = {k: row.get("output_error", row["rel_error"] ** 2) for k, row in rows.items()}
     sizes = {layer.key: layer.stored.size for layer in builder.layers}
     levels, report = fit_levels(search, sizes, opts.bits, proxy, opts.rank)

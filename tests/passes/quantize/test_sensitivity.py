@@ -17,7 +17,7 @@ class FakeEvaluator:
     """cosine = 1 - 0.02 per quantized unit in `harmful` (+ 0.0001 per other quantized unit)."""
 
     def __init__(self, harmful: set[str]):
-        self.harmful, self.calls = harmful, 0
+        self.harmful, self.calls, self.feeds, self.feeds_seen = harmful, 0, [None], 1
 
     def measure(self, model):
         self.calls += 1
@@ -25,7 +25,7 @@ class FakeEvaluator:
         loss = 0.02 * len(quantized & self.harmful) + 0.0001 * len(quantized - self.harmful)
         return {"y": SimpleNamespace(cosine=1.0 - loss)}
 
-    def fits(self, model, budget):
+    def fits(self, model, budget, early=True):
         metrics = self.measure(model)
         return metrics["y"].cosine >= budget.limits["cosine"], metrics
 

@@ -51,6 +51,7 @@ from graphopt.passes.quantize.calibration.cache import CACHE_VERSION, cache_fold
 from graphopt.errors import InputError
 from graphopt.passes.quantize.calibration.histogram import TensorStats, extreme_note
 from graphopt.passes.quantize.calibration.methods import entropy_threshold, fold, mse_range, percentile_range
+from graphopt.phases import timed
 
 Feed = dict[str, np.ndarray]
 MIN_SPAN = 1e-30
@@ -96,6 +97,7 @@ class TensorRange:
 FeedsArg = Callable[[], Iterable[Feed]] | Iterable[Feed]
 
 
+@timed("calibration")
 def calibrate(model: ir.Model, names: list[str], feeds: FeedsArg, options: CalibrationOptions, *,
               progress: Callable[[str], None] | None = None,
               cache_dir: str | os.PathLike | None = None) -> dict[str, TensorRange]:

@@ -1,0 +1,67 @@
+"""Budget-search measurements kept across a lossy pass's retries.
+
+`run_with_retries` (graphopt.lossy) runs a lossy pass again with a tighter budget when the
+verification feeds show the first result missed it. The retry builds mostly the same candidates
+from the same calibration, so what the last try measured is reused instead of run again:
+- a measurement on every search feed holds whatever the budget: it is judged again against the
+  retry's budget;
+- a miss decided on the first feeds (graphopt.staged) stays a miss under a budget at least as
+  tight on every entry (the retries only tighten it); under any other budget it is measured again.
+A memo lives for one pass's tries (the manager clears it before the next pass); each search
+keys it by what determines its candidates (`PassContext.search_memo`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphopt.metrics import OutputMetrics
+from graphopt.phases import phase
+from graphopt.tolerance import BUDGET_METRICS, Budget
+
+
+@dataclass(frozen=True)
+class Measured:
+    metrics: dict[str, OutputMetrics]
+    feeds: int  # search feeds it ran on
+    complete: bool  # on every search feed (else: a miss decided early)
+    budget: Budget  # the budget it was measured against
+
+
+def at_least_as_tight(new: Budget, old: Budget) -> bool:
+    """Every entry of `old` is in `new` with a limit no looser."""
+    for key, limit in old.limits.items():
+        if key not in new.limits:
+            return False
+        bound = new.limits[key]
+        if (bound < limit) if BUDGET_METRICS[key] == "min" else (bound > limit):
+            return False
+    return True
+
+
+def reuse(entry: Measured | None, budget: Budget) -> tuple[bool, dict[str, OutputMetrics]] | None:
+    """(fits `budget`, metrics) from an earlier try's measurement, or None to measure again."""
+    if entry is None:
+        return None
+    if entry.complete:
+        return not budget.violations(entry.metrics), entry.metrics
+    if at_least_as_tight(budget, entry.budget):
+        return False, entry.metrics
+    return None
+
+
+class SearchMemo(dict):
+    """key -> Measured for one search's candidates; `fits` measures through it."""
+
+    def fits(self, key, build, ev, budget: Budget, early: bool = True) -> tuple[bool, dict[str, OutputMetrics]]:
+        """(fits, metrics) of the candidate `build()` makes, reused when an earlier try measured it."""
+        entry = self.get(key)
+        hit = reuse(entry, budget) if entry is not None and (early or entry.complete) else None
+        if hit is not None:
+            ev.feeds_seen = self[key].feeds
+            return hit
+        with phase("candidate build"):
+            model = build()
+        ok, metrics = ev.fits(model, budget, early)
+        self[key] = Measured(metrics, ev.feeds_seen, ev.feeds_seen == len(ev.feeds), budget)
+        return ok, metrics
