@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,6 +21,7 @@ from graphopt.arguments import check_optimize_arguments
 from graphopt.bench import BenchConfig
 from graphopt.declared_shapes import check_input
 from graphopt.data import Feed
+from graphopt.deadline import Deadline
 from graphopt.errors import InputError
 from graphopt.io import LoadedModel, external_data_files, load_model, to_kind, uses_external_data
 from graphopt.manager import PassManager, RunConfig
@@ -55,12 +57,14 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
              providers: list[str] | None = None, bench_runs: int = 20, threads: int = 0,
              seed: int = 0, target: str = "portable", goal: str = "latency",
              reports: Iterable[str | os.PathLike] = (),
-             progress: Callable[[str], None] | None = None) -> OptimizeResult:
+             progress: Callable[[str], None] | None = None, max_time: float | None = None) -> OptimizeResult:
     """Run a recipe (default `lossless`, adapted to `target`) or a pass list over a model,
     verified pass by pass. `recipe="auto"` searches pass chains for the fastest (`goal=
     "latency"`) or smallest (`goal="size"`) model inside the budget (default cosine 0.99).
     `output` and every `reports` path (.html or JSON) are written together or not at all, and
-    never over anything the run reads (graphopt.outputs)."""
+    never over anything the run reads (graphopt.outputs). `max_time` (seconds): the best result
+    found within that time; the report's `max_time` names what was skipped (graphopt.deadline)."""
+    deadline = Deadline(max_time)  # the clock starts here
     data, calib, shapes = check_optimize_arguments(locals())
     reports = list(reports)
     if recipe == "auto":
@@ -68,7 +72,7 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
             raise InputError("give either --passes or --recipe, not both")
         return _optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
                               budget=budget, seed=seed, target=target, threads=threads,
-                              runs=bench_runs, reports=reports, progress=progress)
+                              runs=bench_runs, reports=reports, progress=progress, deadline=deadline)
     with clocked() as clock:
         loaded = _load_checked(source, output, reports, data, calib)
         declared = check_input(loaded.model)  # contradicted declared shapes dropped before any pass
@@ -83,11 +87,12 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
         config = RunConfig(verify=verify, on_fail=on_fail, budget=run_budget,
                            bench=BenchConfig(tuple(choice.usable), bench_runs, threads=threads) if choice else None)
         with Transaction(say=progress) as txn:  # SIGINT/SIGTERM from here on leave nothing behind
-            reference = None
+            reference, began = None, time.perf_counter()
             if (verify != "off" or run_budget.limits) and loaded.path is not None:
                 reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
+                deadline.set_reference_cost(time.perf_counter() - began)
             declared.refuse_if_invalid(loaded.path)  # after ORT had its say on the file
-            manager = _manager(pass_list, config, run, seed, progress, _search_reference(loaded, run, lossy))
+            manager = _manager(pass_list, config, run, seed, progress, _search_reference(loaded, run, lossy), deadline)
             known = frozenset(structural_problems(loaded.model, checked=True))
             result = manager.run(loaded.model, reference, known_problems=known)
             provider_info = {"benchmarked": choice.usable, "skipped": choice.skipped} if choice else {}
@@ -98,24 +103,28 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
             report["repaired"] = declared.repaired
             report["summary"]["verify"] = verify
             report["timings"] = clock.table()  # up to writing the outputs
+            if deadline.summary() is not None:
+                report["max_time"] = deadline.summary()
             write_outputs(txn, result.model, output, reports, report, progress)
     return OptimizeResult(to_kind(result.model, loaded), report, Path(output) if output else None)
 
 
 def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
-                  threads: int, runs: int, progress, reports: Iterable[str | os.PathLike] = ()) -> OptimizeResult:
+                  threads: int, runs: int, progress, reports: Iterable[str | os.PathLike] = (),
+                  max_time: float | None = None) -> OptimizeResult:
     """Try each candidate chain (graphopt.auto), measure the survivors side by side, keep the best.
     Chains that start alike (the lossless or modern clean-up) share that prefix: it runs once,
     verified, and each candidate's lossy passes run on a copy of its result."""
+    deadline = Deadline(max_time)
     data, calib, shapes = check_optimize_arguments({**locals(), "bench_runs": runs})
     return _optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes, budget=budget,
                           seed=seed, target=target, threads=threads, runs=runs, progress=progress,
-                          reports=list(reports))
+                          reports=list(reports), deadline=deadline)
 
 
 @clocked_run
 def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
-                   threads: int, runs: int, progress, reports: list) -> OptimizeResult:
+                   threads: int, runs: int, progress, reports: list, deadline: Deadline) -> OptimizeResult:
     """`optimize_auto` on arguments already checked (check_optimize_arguments)."""
     from graphopt import auto
     from graphopt.lossy import effective_budget
@@ -141,7 +150,9 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
     feeds, data_info = run.verification, run.info
     say("auto: reference outputs")
     config = RunConfig(verify="each", on_fail="rollback", budget=run_budget)
+    began = time.perf_counter()
     reference = reference_outputs(loaded.path or loaded.model, feeds)
+    deadline.set_reference_cost(2 * (time.perf_counter() - began))  # and the candidates' final timing
     declared.refuse_if_invalid(loaded.path)
     search_reference = _search_reference(loaded, run, lossy)
     known = frozenset(structural_problems(loaded.model, checked=True))  # once, for every chain
@@ -149,13 +160,13 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
 
     def run_chain(prefix: list[str], tail: list[str]) -> OptimizeResult:
         if tuple(prefix) not in prefixes:
-            manager = _manager(passes_from_spec(",".join(prefix)), config, run, seed, None, search_reference)
+            manager = _manager(passes_from_spec(",".join(prefix)), config, run, seed, None, search_reference, deadline)
             prefixes[tuple(prefix)] = (manager.run(loaded.model.clone(), reference, known_problems=known),
                                        manager.previous)
         base, base_outputs = prefixes[tuple(prefix)]
         result = base
         if tail:
-            manager = _manager(passes_from_spec(",".join(tail)), config, run, seed, None, search_reference)
+            manager = _manager(passes_from_spec(",".join(tail)), config, run, seed, None, search_reference, deadline)
             result = manager.run(base.model.clone(), reference, previous=base_outputs, known_problems=known)
             result = replace(result, passes=[*base.passes, *result.passes], before=base.before)
         report = build_report(result, input_path=str(loaded.path) if loaded.path else None, output_path=None,
@@ -163,7 +174,7 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
         return OptimizeResult(result.model, report, None)
 
     with Transaction(say=progress) as txn:  # SIGINT/SIGTERM from here on leave nothing behind
-        trials = auto.search(chains, run_chain, say)
+        trials = auto.search(chains, run_chain, say, deadline)
         say("auto: timing the candidates side by side")
         auto.measure_latency(trials, feeds[0], max(runs, 10), threads)
         cost = (lambda t: t.bytes) if goal == "size" else (lambda t: t.ms)
@@ -179,15 +190,18 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
         if output is not None:
             report["model"] = {**report["model"], "output": str(output)}
         report["timings"] = current_table()  # up to writing the outputs
+        if deadline.summary() is not None:
+            report["max_time"] = deadline.summary()
         write_outputs(txn, model, output, reports, report, progress)
     return OptimizeResult(to_kind(model, loaded), report, Path(output) if output else None)
 
 
 def _manager(pass_list: list[Pass], config: RunConfig, run: RunData, seed: int, progress,
-             search_reference: list[Feed] | None) -> PassManager:
+             search_reference: list[Feed] | None, deadline: Deadline | None = None) -> PassManager:
     calib = run.calibration
     ctx = PassContext(seed=seed, budget=config.budget, calibration=(lambda: iter(calib)) if calib else None,
-                      search=run.search if search_reference is not None else [], search_reference=search_reference)
+                      search=run.search if search_reference is not None else [], search_reference=search_reference,
+                      deadline=deadline or Deadline())
     return PassManager(pass_list, config, run.verification, ctx, progress)
 
 

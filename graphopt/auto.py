@@ -113,11 +113,16 @@ def _without_speed_gate(item: str) -> str:
     return f"{name}:{options + ';' if options else ''}speed_check=false"
 
 
-def search(chains, run_chain: Callable[[list[str], list[str]], Any], say: Callable[[str], None]) -> list[Trial]:
-    """Run the candidates in order; one whose `needs` did not pay is recorded as skipped, with why."""
+def search(chains, run_chain: Callable[[list[str], list[str]], Any], say: Callable[[str], None],
+           deadline=None) -> list[Trial]:
+    """Run the candidates in order; one whose `needs` did not pay is recorded as skipped, with why,
+    and so is every one left when the `deadline` (graphopt.deadline) has passed."""
     trials: list[Trial] = []
     for i, (name, prefix, tail, needs) in enumerate(chains, 1):
         blocker = next(filter(None, (why_not_paid(n, trials) for n in needs)), None)
+        if blocker is None and deadline is not None and trials and deadline.expired():
+            blocker = "no time left (--max-time)"
+            deadline.skip(f"auto: chain {name}")
         if blocker:
             say(f"auto [{i}/{len(chains)}] {name}: skipped ({blocker})")
             trials.append(Trial(name, [*prefix, *tail], len(tail), skipped=True, error=f"skipped: {blocker}"))

@@ -34,6 +34,17 @@ def _int_in(low: int, high: int):
     return parse
 
 
+def _seconds(text: str) -> float:
+    """An argparse `type=` for a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one readable line, exit 2
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -126,6 +137,9 @@ def _add_optimize(sub) -> None:
     p.add_argument("--goal", default="latency", choices=["latency", "size"],
                    help="with --recipe auto: what the search minimizes inside the budget")
     p.add_argument("--seed", type=_int_in(*SEED), default=0, help="for synthesized inputs")
+    p.add_argument("--max-time", type=_seconds, default=None, metavar="SECONDS",
+                   help="lossy recipes and auto: the best result found within this many seconds; the "
+                        "report names what was skipped")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_custom_ops(p)
 
@@ -179,7 +193,7 @@ def _run_optimize(args, optimize, progress):
                     calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
                     on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
                     bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,
-                    goal=args.goal, reports=args.report, progress=progress)
+                    goal=args.goal, reports=args.report, progress=progress, max_time=args.max_time)
 
 
 def cmd_inspect(args) -> int:

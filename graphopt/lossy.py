@@ -246,6 +246,9 @@ def run_with_retries(run_one: Callable, p, model: ir.Model, ctx) -> tuple:
         for share in RETRY_SHARES:
             if not _retry_worth_it(p, record, ctx):
                 break
+            if ctx.deadline.expired():
+                ctx.deadline.skip(f"{p.name}: budget retry at {share:g} of the budget")
+                break
             tries.append({"share": tries[-1]["next"] if tries else 1.0, "problem": record.error, "next": share})
             ctx.budget = budget_share(effective_budget(run_budget), ctx.evaluator(model).measure(model), share)
             ctx.progress and ctx.progress(f"{p.name}: verification missed the budget; again at {share:g} of it")

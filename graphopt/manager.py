@@ -22,6 +22,7 @@ from typing import Any, Callable
 import onnx_ir as ir
 
 from graphopt.bench import BenchConfig, bench_model, bench_pair
+from graphopt.deadline import OutOfTime
 from graphopt.errors import InputError, VerificationError
 from graphopt.io import release_mappings
 from graphopt.lossy import check_run_budget, run_with_retries
@@ -137,6 +138,9 @@ class PassManager:
         """Run `p` on `model` in place; a clone taken first (tensors shared) is the rollback point."""
         record = PassRecord(p.name, p.describe_options())
         reason = p.requires(model, self.ctx)
+        if reason is None and isinstance(p.tolerance, Lossy) and self.ctx.deadline.expired():
+            reason = "not run: no time left (--max-time)"
+            self.ctx.deadline.skip(f"{p.name}: the whole pass")
         if reason is not None:
             self.ctx.no_match(p.name, "model", reason)
             record.skipped, record.stats = reason, {"skipped": reason}
@@ -157,6 +161,11 @@ class PassManager:
                 record.stats["ir_version"] = ir_raised  # (`raised` says whether the pass raised)
         except InputError:
             raise
+        except OutOfTime as exc:  # the pass's own search stops at the deadline; this one could not
+            record.skipped = f"stopped: no time left (--max-time) for {exc.what}"
+            result = PassResult(backup, False, {"skipped": record.skipped})  # its edits are dropped
+            record.stats = dict(result.stats)
+            self.ctx.no_match(p.name, "model", record.skipped)
         except Exception as exc:  # a pass bug must not leave a half-rewritten model
             failure, raised, result = f"raised {type(exc).__name__}: {exc}", True, None
         record.seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.deadline import Deadline
 from graphopt.errors import InputError
 from graphopt.options import NoOptions, build_options
 from graphopt.tolerance import Budget, Exact, Tolerance
@@ -103,6 +104,7 @@ class PassContext:
     search_reference: list[Feed] | None = None  # the input model's outputs on `search`
     progress: Callable[[str], None] | None = None
     retry_memo: dict | None = None  # a lossy pass's measurements across its retries (graphopt.search_memo)
+    deadline: Deadline = field(default_factory=Deadline)  # --max-time (graphopt.deadline)
     _analyses: dict[type, Any] = field(default_factory=dict)
     _names: NameAuthority | None = None
     _evaluator: Any = None
@@ -156,9 +158,10 @@ class PassContext:
         same pass (graphopt.search_memo); empty outside `run_with_retries`."""
         from graphopt.search_memo import SearchMemo
 
+        label = str(namespace[0]) if namespace else "budget search"
         if self.retry_memo is None:
-            return SearchMemo()
-        return self.retry_memo.setdefault(namespace, SearchMemo())
+            return SearchMemo(self.deadline, label)
+        return self.retry_memo.setdefault(namespace, SearchMemo(self.deadline, label))
 
     def no_match(self, pass_name: str, where: str, reason: str) -> None:
         """Record why a rewrite did not fire (visible with --debug)."""

@@ -8,7 +8,8 @@ from the same calibration, so what the last try measured is reused instead of ru
 - a miss decided on the first feeds (graphopt.staged) stays a miss under a budget at least as
   tight on every entry (the retries only tighten it); under any other budget it is measured again.
 A memo lives for one pass's tries (the manager clears it before the next pass); each search
-keys it by what determines its candidates (`PassContext.search_memo`).
+keys it by what determines its candidates (`PassContext.search_memo`). It also holds the run's
+deadline: past `--max-time`, measuring one more candidate raises OutOfTime (graphopt.deadline).
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ def reuse(entry: Measured | None, budget: Budget) -> tuple[bool, dict[str, Outpu
 
 
 class SearchMemo(dict):
-    """key -> Measured for one search's candidates; `fits` measures through it."""
+    """key -> Measured for one search's candidates; `fits` measures through it. With a
+    `deadline` (graphopt.deadline), measuring a new candidate past it raises OutOfTime."""
+
+    def __init__(self, deadline=None, label: str = "budget search"):
+        super().__init__()
+        self.deadline, self.label = deadline, label
 
     def fits(self, key, build, ev, budget: Budget, early: bool = True) -> tuple[bool, dict[str, OutputMetrics]]:
         """(fits, metrics) of the candidate `build()` makes, reused when an earlier try measured it."""
@@ -60,6 +66,8 @@ class SearchMemo(dict):
         if hit is not None:
             ev.feeds_seen = self[key].feeds
             return hit
+        if self.deadline is not None:
+            self.deadline.check(f"{self.label}: more candidates")
         with phase("candidate build"):
             model = build()
         ok, metrics = ev.fits(model, budget, early)

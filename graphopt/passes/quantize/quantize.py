@@ -170,9 +170,15 @@ def _searched(job: QuantJob, first: LatencyFirst) -> PassResult:
     fit_build = replace(first.build, base=start.disabled)  # the pre-check's dropped families stay float
     best, fit, fits = _fit(job, start, fit_build, unit_sqnr(start, sqnr))
     speed = precheck
+    if best is None and "stopped" in fit:
+        return _float(job, speed, fit, first.calib, fit["reason"])
     if best is not start and precheck.get("measured", True):  # fallbacks changed it: time again
-        best, speed = _fastest(job, best, first.build, fits)
-        speed = {**speed, "precheck": precheck}
+        if job.ctx.deadline.expired():
+            job.ctx.deadline.skip("quantize: the speed check after the fallbacks")
+            speed = {**precheck, "after_fallbacks": "not timed: no time left (--max-time)"}
+        else:
+            best, speed = _fastest(job, best, first.build, fits)
+            speed = {**speed, "precheck": precheck}
     if best is None:
         return _float(job, speed, fit, first.calib)
     _mark_slow_families(best, first.full.plan, [precheck, speed])
@@ -181,8 +187,8 @@ def _searched(job: QuantJob, first: LatencyFirst) -> PassResult:
     return PassResult(best.model, True, stats)
 
 
-def _float(job: QuantJob, speed: dict, fit: dict, calib: dict) -> PassResult:
-    reason = f"int8 measured slower than float here, beyond noise ({speed['latency_ms']})"
+def _float(job: QuantJob, speed: dict, fit: dict, calib: dict, reason: str | None = None) -> PassResult:
+    reason = reason or f"int8 measured slower than float here, beyond noise ({speed['latency_ms']})"
     job.ctx.no_match(NAME, "model", reason)
     return PassResult(job.model, False, {"skipped": reason, "speed": speed, "budget": fit, "calibration": calib})
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
+from graphopt.deadline import OutOfTime
 from graphopt.lossy import Evaluator, smallest_fitting_prefix, summarize, worst
 from graphopt.search_memo import SearchMemo
 from graphopt.tolerance import BUDGET_METRICS, Budget
@@ -77,18 +78,41 @@ def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max
     report = {"measured": True, "limits": dict(budget.limits), "all_quantized": summarize(metrics)}
     if ok or max_fallback == 0:
         return full, {**report, "fits": ok, "fallbacks": []}
-    order = _ranking(full, search, rank, proxy)
-    chosen = _smallest_prefix(order[:max_fallback], search)
-    if chosen is None:
-        worst_case = frozenset(order[:max_fallback])
-        search.try_(worst_case)
-        report["reason"] = (f"the budget is not met even with {len(worst_case)} node(s) in float "
-                            "(max_fallback); the result misses it")
-        return build(worst_case), {**report, "fits": False, "fallbacks": sorted(worst_case)}
-    kept, effects = _prune(chosen, order, search)
+    try:
+        order = _ranking(full, search, rank, proxy)
+        chosen = _smallest_prefix(order[:max_fallback], search)
+        if chosen is None:
+            worst_case = frozenset(order[:max_fallback])
+            search.try_(worst_case)
+            report["reason"] = (f"the budget is not met even with {len(worst_case)} node(s) in float "
+                                "(max_fallback); the result misses it")
+            return build(worst_case), {**report, "fits": False, "fallbacks": sorted(worst_case)}
+        kept, effects = _prune(chosen, order, search)
+    except OutOfTime as exc:
+        stopped = {**report, "stopped": f"no time left (--max-time) for {exc.what}"}
+        return _best_so_far(search, build, len(full.plan.units), stopped)
     best = build(kept) if kept else full
-    final = summarize(ev.measure(best.model))
-    return best, {**report, "fits": True, "final": final, "fallbacks": effects,
+    return best, {**report, "fits": True, "final": _final(search, kept, best), "fallbacks": effects,
+                  "measurements": len(search.measured)}
+
+
+def _final(search: _Search, kept: frozenset[str], best: Candidate) -> dict:
+    """The chosen candidate's metrics: from its measurement on every search feed (a fitting one)."""
+    entry = search.memo.get(kept)
+    metrics = entry.metrics if entry is not None and entry.complete else search.ev.measure(best.model)
+    return summarize(metrics)
+
+
+def _best_so_far(search: _Search, build: Build, units: int, report: dict) -> tuple[Candidate | None, dict]:
+    """Out of time: the fitting candidate with the fewest units in float measured so far, or None
+    (keep the model float) when none that quantizes any of the `units` fit."""
+    fitting = sorted((d for d, (ok, _) in search.measured.items() if ok and len(d) < units),
+                     key=lambda d: (len(d), sorted(d)))
+    if not fitting:
+        return None, {**report, "fits": False, "reason": report["stopped"] + "; no quantized candidate fitted yet"}
+    kept = fitting[0]
+    best = build(kept)
+    return best, {**report, "fits": True, "final": _final(search, kept, best), "fallbacks": sorted(kept),
                   "measurements": len(search.measured)}
 
 

@@ -50,3 +50,42 @@ def test_fallbacks_are_exactly_the_harmful_units(monkeypatch, harmful, most_call
     assert report["fits"] and best.disabled == frozenset(harmful)
     assert {e["node"] for e in report["fallbacks"]} == harmful
     assert ev.calls <= most_calls
+
+
+class MeasurementsDeadline:
+    """A --max-time that runs out after `allowed` new candidate measurements."""
+
+    def __init__(self, allowed: int):
+        from graphopt.deadline import Deadline
+
+        self.inner, self.allowed = Deadline(), allowed
+
+    def check(self, what):
+        from graphopt.deadline import OutOfTime
+
+        if self.allowed <= 0:
+            self.inner.skip(what)
+            raise OutOfTime(what)
+        self.allowed -= 1
+
+
+@pytest.mark.parametrize("allowed, in_float", [(1, None), (7, None), (8, 24), (9, 24), (10, 22)])
+def test_out_of_time_keeps_the_best_fitting_candidate_measured_so_far(monkeypatch, allowed, in_float):
+    """Harmful u20 under a poor proxy (u0 first): the first k units in float fit iff k >= 21. The
+    search measures prefixes 1, 2, 4, 8, 16 (miss), 32 (fits: every unit, i.e. float), then
+    bisects: 24 (fits), 20 (miss), 22 (fits), ... Out of time, the fitting candidate with the
+    fewest units in float measured so far is kept; none (float) while only "every unit" fits."""
+    import graphopt.passes.quantize.sensitivity as sensitivity
+    from graphopt.search_memo import SearchMemo
+
+    monkeypatch.setattr(sensitivity, "worst", lambda metrics, metric: metrics["y"].cosine)
+    monkeypatch.setattr(sensitivity, "summarize", lambda metrics: {"cosine": metrics["y"].cosine})
+    memo = SearchMemo(MeasurementsDeadline(allowed))  # the fully quantized candidate is the first
+    proxy = {u: i for i, u in enumerate(UNITS)}
+    best, report = fit_budget(build(frozenset()), build, FakeEvaluator({"u20"}), Budget({"cosine": 0.99}), 64,
+                              proxy=proxy, memo=memo)
+    assert "no time left (--max-time)" in report["stopped"]
+    if in_float is None:
+        assert best is None and not report["fits"]
+    else:
+        assert best.disabled == frozenset(UNITS[:in_float]) and report["fits"]
