@@ -27,6 +27,7 @@ from graphopt.errors import InputError
 from graphopt.io import (EXTERNAL_DATA_THRESHOLD_BYTES, external_base_dirs, in_memory_bytes, release_mappings,
                          write_to_dir)
 from graphopt.phases import timed
+from graphopt.session_weights import serialize_sharing_weights
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -178,8 +179,17 @@ def create_session(source: ir.Model | Path, provider: str = "cpu", opt_level: st
         # Unchanged external weights are read in place from their original folder: no copy.
         for folder in external_base_dirs(source):
             so.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
-        proto = ir.serde.serialize_model(source)
-        return ort.InferenceSession(proto.SerializeToString(), so, providers=providers)
+        data, names, values = serialize_sharing_weights(source)  # large weights passed, not serialized
+        if names:
+            try:
+                shared = session_options(opt_level, threads, low_memory, many_sessions)
+                for folder in external_base_dirs(source):
+                    shared.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
+                shared.add_external_initializers(names, values)
+                return ort.InferenceSession(data, shared, providers=providers)
+            except Exception:  # noqa: BLE001  (whatever ORT refuses here, it says again below)
+                pass
+        return ort.InferenceSession(ir.serde.serialize_model(source).SerializeToString(), so, providers=providers)
     except Exception as exc:  # ORT raises several private exception types
         raise InputError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
 

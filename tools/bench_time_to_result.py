@@ -13,8 +13,10 @@ Per case, each in its own subprocess with a time limit (`--timeout`):
   per-channel weights, reduce_range, QDQ) on the calibration feeds;
 - `graphopt RECIPE` for each of `--recipes`, given the same feeds as `--calib` (it holds part out
   to verify, as a user's run does).
-Printed: wall seconds, the ratio to `ort`, what the lossy pass did, and graphopt's slowest phases
-from the report's `timings` (exclusive seconds: they add up to the run's wall time).
+Printed: wall seconds, the ratio to `ort`, what the lossy pass did, the output's fidelity on 16
+feeds no tool saw (worst-sample cosine and top-1 agreement against the float model, both at
+ORT_ENABLE_ALL), and graphopt's slowest phases from the report's `timings` (exclusive seconds:
+they add up to the run's wall time).
 Nothing else may run on the machine meanwhile (2 cores: timings are wall clock).
 
 Usage: python tools/bench_time_to_result.py [--site DIR] [--tasks det,rec] [--case NAME=M:C]
@@ -44,12 +46,16 @@ from compare_peers import ORT_QUANTIZE  # noqa: E402
 from graphopt.report import cpu_name  # noqa: E402
 
 
+HELD_OUT = 16  # feeds per case that no tool sees, for the fidelity column
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     model: Path
     calib: Path
     description: str
+    holdout: Path | None = None  # feeds no tool saw, for the fidelity columns
 
 
 def _documents(rng, shape):
@@ -116,11 +122,12 @@ def pypi_cases(tmp: Path, sites: list[Path], count: int) -> list[Case]:
         if model is None:
             print(f"note: {name}: {rel} not found (pip install its package, or --site DIR)")
             continue
-        rng, folder = np.random.default_rng(0), tmp / f"{name}-calib"
+        rng, folder, held = np.random.default_rng(0), tmp / f"{name}-calib", tmp / f"{name}-held"
         folder.mkdir()
-        for i in range(count):
-            np.savez(folder / f"{i:04d}.npz", **{input_name: make(rng, shape)})
-        cases.append(Case(name, model, folder, description))
+        held.mkdir()
+        for i in range(count + HELD_OUT):
+            np.savez((folder if i < count else held) / f"{i:04d}.npz", **{input_name: make(rng, shape)})
+        cases.append(Case(name, model, folder, description, held))
     return cases
 
 
@@ -130,11 +137,14 @@ def task_cases(tmp: Path, names: list[str]) -> list[Case]:
     cases = []
     for name in names:
         task = get_task(name)
-        folder = tmp / f"{name}-calib"
+        folder, held = tmp / f"{name}-calib", tmp / f"{name}-held"
         folder.mkdir()
+        held.mkdir()
         for i, feed in enumerate(task.calib):
             np.savez(folder / f"{i:04d}.npz", **feed)
-        cases.append(Case(name, Path(task.path), folder, f"repo task model ({task.metric} on held-out inputs)"))
+        for i, feed in enumerate(task.holdout[:HELD_OUT]):
+            np.savez(held / f"{i:04d}.npz", **feed)
+        cases.append(Case(name, Path(task.path), folder, f"repo task model ({task.metric} on held-out inputs)", held))
     return cases
 
 
@@ -155,7 +165,7 @@ def graphopt_row(case: Case, recipe: str, tmp: Path, timeout: int, max_time: flo
     argv = ["-m", "graphopt", "optimize", str(case.model), str(out), "--recipe", recipe, "--calib", str(case.calib),
             "--quiet", "--report", str(report)] + (["--max-time", str(max_time)] if max_time else [])
     seconds, error, _ = run(argv, timeout, tmp)
-    row = {"tool": f"graphopt {recipe}", "seconds": seconds, "error": error}
+    row = {"tool": f"graphopt {recipe}", "seconds": seconds, "error": error, "output": out}
     if error is None and report.exists():
         data = json.loads(report.read_text())
         row["phases"] = [p for p in data.get("timings", {}).get("phases", []) if p["phase"] != "other"][:5]
@@ -179,22 +189,43 @@ def outcome(report: dict) -> str:
 def case_rows(case: Case, recipes: list[str], tmp: Path, timeout: int, max_time: float | None) -> list[dict]:
     out = tmp / f"{case.name}-ort.onnx"
     seconds, error, _ = run(["-c", ORT_QUANTIZE, str(case.model), str(out), str(case.calib), "MinMax"], timeout, tmp)
-    rows = [{"tool": "ort quantize_static MinMax", "seconds": seconds, "error": error}]
+    rows = [{"tool": "ort quantize_static MinMax", "seconds": seconds, "error": error, "output": out}]
     rows += [graphopt_row(case, recipe, tmp, timeout, max_time) for recipe in recipes]
+    for row in rows:
+        if row["error"] is None and case.holdout is not None and row["output"].exists():
+            row["fidelity"] = fidelity(case, row["output"])
     return rows
+
+
+def fidelity(case: Case, output: Path) -> str:
+    """Worst held-out sample's cosine (and top-1 agreement on class-score outputs) vs float."""
+    import onnx_ir as ir
+
+    from graphopt.data import load_feeds
+    from graphopt.metrics import compare_outputs
+    from graphopt.runtime import create_session, run_feeds
+
+    feeds = load_feeds(case.holdout, ir.load(str(case.model)))
+    ref = run_feeds(create_session(case.model, opt_level="enable_all"), feeds)
+    got = run_feeds(create_session(output, opt_level="enable_all"), feeds)
+    metrics = compare_outputs(ref, got)
+    cosine = min(m.sample_cosine for m in metrics.values())
+    top1 = [m.top1_dist for m in metrics.values() if m.top1_dist is not None]
+    return f"cos {cosine:.4f}" + (f", top-1 {min(top1):.4f}" if top1 else "")
 
 
 def print_case(case: Case, rows: list[dict]) -> None:
     model = onnx.load(str(case.model), load_external_data=False)
     mb = case.model.stat().st_size / 1e6
     print(f"\n### {case.name}: {case.description} ({len(model.graph.node)} nodes, {mb:.1f} MB)\n")
-    print("| tool | wall s | vs ORT | result | slowest phases (s) |")
-    print("|---|---:|---:|---|---|")
+    print(f"| tool | wall s | vs ORT | result | held-out fidelity ({HELD_OUT} feeds) | slowest phases (s) |")
+    print("|---|---:|---:|---|---|---|")
     ort = rows[0]["seconds"] if rows[0]["error"] is None else float("nan")
     for row in rows:
         phases = ", ".join(f"{p['phase']} {p['seconds']:.1f}" for p in row.get("phases", []))
         result = row["error"] or row.get("did", "written")
-        print(f"| {row['tool']} | {row['seconds']:.1f} | {row['seconds'] / ort:.2f}x | {result} | {phases} |")
+        print(f"| {row['tool']} | {row['seconds']:.1f} | {row['seconds'] / ort:.2f}x | {result} | "
+              f"{row.get('fidelity', '-')} | {phases} |")
 
 
 def main() -> None:
