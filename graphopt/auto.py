@@ -127,7 +127,7 @@ def search(chains, run_chain: Callable[[list[str], list[str]], Any], say: Callab
             say(f"auto [{i}/{len(chains)}] {name}: skipped ({blocker})")
             trials.append(Trial(name, [*prefix, *tail], len(tail), skipped=True, error=f"skipped: {blocker}"))
             continue
-        say(f"auto [{i}/{len(chains)}] {name}")
+        say(f"auto [{i}/{len(chains)}] {name}{_eta(trials, len(chains) - i + 1)}")
         trial = run_trial(name, prefix, tail, run_chain)
         base = next((t for t in trials if t.spec == prefix and t.tail == 0 and t.ok), None)
         if trial.ok and tail and base is not None and not any(
@@ -136,6 +136,16 @@ def search(chains, run_chain: Callable[[list[str], list[str]], Any], say: Callab
             trial.error = f"= {base.name}: {why_not_paid(name, [trial]).split(': ', 1)[1]}"
         trials.append(trial)
     return trials
+
+
+def _eta(trials: list[Trial], left: int) -> str:
+    """' (N s so far, about M s left)': the chains run so far, at their mean, for those left (an
+    upper bound: chains whose prerequisite did not pay are skipped at no cost)."""
+    ran = [t.seconds for t in trials if not t.skipped]
+    if not ran:
+        return ""
+    spent = sum(ran)
+    return f" ({spent:.0f} s so far, at most about {left * spent / len(ran):.0f} s left)"
 
 
 def why_not_paid(need: str, trials: list[Trial]) -> str | None:

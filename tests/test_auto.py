@@ -137,3 +137,12 @@ def test_dynamic_int8_and_int4_weights_are_candidates_with_the_targets_options()
             auto.candidate_chains(("cleanup",), registered, "size", lambda item: with_target_options(item, ort))}
     assert size["int8 dynamic"] == ["quantize-dynamic:form=ort;speed_check=false"]
     assert size["int4 weights"] == ["quantize-weights:form=matmulnbits"]
+
+
+def test_the_progress_line_gives_time_spent_and_an_upper_bound_left():
+    from graphopt.auto import Trial, _eta
+
+    trials = [Trial("a", [], 0, seconds=10.0), Trial("b", [], 1, seconds=30.0),
+              Trial("c", [], 1, skipped=True, seconds=0.0)]
+    assert _eta([], 5) == ""
+    assert _eta(trials, 3) == " (40 s so far, at most about 60 s left)"
