@@ -24,6 +24,7 @@ initializer bytes raw and deflated before/after; whether the expansions fold in 
 
 from __future__ import annotations
 
+from collections import Counter
 import math
 
 import onnx_ir as ir
@@ -151,11 +152,7 @@ def _db(relative: float) -> float:
 
 
 def _by_bits(levels: Levels) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for bits in levels.values():
-        label = f"{bits} bits" if bits else "float"
-        counts[label] = counts.get(label, 0) + 1
-    return counts
+    return dict(Counter(f"{bits} bits" if bits else "float" for bits in levels.values()))
 
 
 __all__ = ["ClusterWeights"]

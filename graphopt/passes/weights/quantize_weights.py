@@ -29,6 +29,7 @@ rows; every fallback with its measured effect; every weight kept float and why.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 import onnx_ir as ir
@@ -236,11 +237,7 @@ def _finish_rows(rows: dict[str, dict], levels: dict[str, int], fit: dict, build
 
 
 def _by_bits(levels: dict[str, int]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for bits in levels.values():
-        label = f"int{bits}" if bits else "float"
-        counts[label] = counts.get(label, 0) + 1
-    return counts
+    return dict(Counter(f"int{bits}" if bits else "float" for bits in levels.values()))
 
 
 __all__ = ["QuantizeWeights"]
