@@ -117,14 +117,18 @@ def interleaved_p50(sessions: list, feed: dict[str, np.ndarray], runs: int, bloc
 
 @timed("timed runs")
 def interleaved_timings(sessions: list, feed: dict[str, np.ndarray], runs: int, block: int = 5,
-                        warmup: int = 3) -> list[dict[str, float]]:
+                        warmup: int = 3, settled=None) -> list[dict[str, float]]:
     """p10/p50/p90 ms of each session, timed in alternating blocks so machine noise hits all alike.
 
     Each block starts after a short pause (`BLOCK_PAUSE_S`): the worker threads of the session
     timed just before keep spinning for a while and steal cores. Without the pause a fast (int8)
     model's median came out well above what it gets when timed alone, while the float model's
     barely moved, so every faster variant looked slower than it is; with the pause it matches
-    its time alone (measured: docs/design-measurements.md)."""
+    its time alone (measured: docs/design-measurements.md).
+
+    `settled(timings) -> bool`, when given, is asked after every round of blocks (the summaries
+    so far, as returned): True stops before `runs`, so a clear decision costs a few blocks and
+    only a close one the full count."""
     for session in sessions:
         for _ in range(warmup):
             session.run(None, feed)
@@ -137,6 +141,12 @@ def interleaved_timings(sessions: list, feed: dict[str, np.ndarray], runs: int, 
                 start = time.perf_counter()
                 session.run(None, feed)
                 times.append((time.perf_counter() - start) * 1e3)
+        if settled is not None and len(samples[0]) < runs and settled(_summaries(samples, block)):
+            break
+    return _summaries(samples, block)
+
+
+def _summaries(samples: list[list[float]], block: int) -> list[dict[str, float]]:
     return [{"p50_ms": float(np.median(t)), "p10_ms": float(np.percentile(t, 10)),
              "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
              "blocks": [float(np.median(t[i:i + block])) for i in range(0, len(t), block)]} for t in samples]

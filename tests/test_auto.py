@@ -93,7 +93,7 @@ def test_a_combination_is_skipped_when_a_part_did_not_pay(monkeypatch):
     skipped, and the Pareto print says why."""
     import graphopt.passes.quantize.speed as quant_speed
 
-    monkeypatch.setattr(quant_speed, "interleaved_timings", lambda sessions, feed, runs, block: [
+    monkeypatch.setattr(quant_speed, "interleaved_timings", lambda sessions, feed, runs, block, settled=None: [
         {"p50_ms": t, "blocks": [t] * 10} for t in [1.0] + [2.0] * (len(sessions) - 1)])
     monkeypatch.setattr(auto, "CANDIDATES", (
         ("lossless", (), ()),

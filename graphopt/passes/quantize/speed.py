@@ -11,10 +11,14 @@ count and the model, so it is measured rather than guessed:
     latency(c) = median over interleaved blocks of ONNX Runtime runs (ORT_ENABLE_ALL, one feed)
 
 Each candidate is compared with float block by block (graphopt.bench.paired_verdict: faster,
-slower or within noise, with `margin`). The fastest candidate measurably faster that meets the
-accuracy budget wins; when none is, the most quantized candidate within noise of float is kept
-(and the stats say it is not faster); the model stays float only when every quantized candidate
-is measurably slower (the stats say why).
+slower or within noise, with `margin`). The timing stops before `runs` once the decision has
+settled (`Settled`): from MIN_PAIRS block pairs on, when every candidate is called faster or
+slower than float or is level with it (block-ratio quartiles on both sides of 1), and the
+fastest of those called faster is faster than the next, at two checks in a row. A close call
+(a ratio near the margin, two faster candidates near each other) runs the full count. The fastest
+candidate measurably faster that meets the accuracy budget wins; when none is, the most
+quantized candidate within noise of float is kept (and the stats say it is not faster); the
+model stays float only when every quantized candidate is measurably slower (the stats say why).
 """
 
 from __future__ import annotations
@@ -39,6 +43,31 @@ def family_units(plan) -> dict[str, frozenset[str]]:
 
 
 SPEED_BLOCK = 3  # runs per interleaved block: speed_runs=30 gives 10 block pairs to compare
+MIN_PAIRS = 5  # block pairs before the timing may stop early (Settled)
+
+
+class Settled:
+    """`interleaved_timings`' stop test for [float, candidates...] timings: every candidate's
+    verdict against float decided or a robust "within noise" (its block-ratio quartiles straddle
+    1: more blocks would not move them past the margin), the fastest "faster" one also faster
+    than the runner-up "faster" one, and the same verdicts as at the previous check."""
+
+    def __init__(self, margin: float):
+        self.margin, self.previous = margin, None
+
+    def __call__(self, timings: list[dict]) -> bool:
+        if len(timings[0]["blocks"]) < MIN_PAIRS:
+            return False
+        verdicts = [paired_verdict(timings[0], t, self.margin) for t in timings[1:]]
+        robust = all(v["verdict"] != "within noise" or v["ratio_q25_q75"][0] <= 1 <= v["ratio_q25_q75"][1]
+                     for v in verdicts)
+        faster = sorted((t["p50_ms"], i) for i, (t, v) in enumerate(zip(timings[1:], verdicts))
+                        if v["verdict"] == "faster")
+        ordered = len(faster) < 2 or paired_verdict(timings[1 + faster[1][1]], timings[1 + faster[0][1]],
+                                                    self.margin)["verdict"] == "faster"
+        names = tuple(v["verdict"] for v in verdicts)
+        stable, self.previous = names == self.previous, names
+        return robust and ordered and stable
 
 
 @timed("speed check")
@@ -56,7 +85,7 @@ def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, marg
     sessions = [create_session(model, provider, "enable_all", threads)]
     sessions += [create_session(c.model, provider, "enable_all", threads) for c in variants.values()]
     try:
-        timings = interleaved_timings(sessions, feed, runs, block=SPEED_BLOCK)
+        timings = interleaved_timings(sessions, feed, runs, block=SPEED_BLOCK, settled=Settled(margin))
     finally:
         del sessions
         return_freed_memory()
@@ -65,8 +94,8 @@ def choose_fastest(model, best, build, fits, feed, runs: int, threads: int, marg
     verdicts = {name: paired_verdict(timings[0], t, margin) for name, t in zip(variants, timings[1:])}
     if progress:
         progress("quantize: latency " + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items()))
-    report = {"latency_ms": latency, "vs_float": verdicts, "runs": runs, "threads": threads or "default",
-              "margin": margin, "provider": provider}
+    report = {"latency_ms": latency, "vs_float": verdicts, "runs": timings[0].get("runs", runs), "max_runs": runs,
+              "threads": threads or "default", "margin": margin, "provider": provider}
     name = _pick(variants, latency, verdicts, fits)
     if name is None:
         return None, {**report, "chosen": "float"}
