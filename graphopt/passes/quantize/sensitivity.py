@@ -140,31 +140,43 @@ def _prune(chosen: frozenset[str], order: list[str], search: _Search) -> tuple[f
     the last needed unit, an exponential then binary search finds how many units can go back to
     int8 at once (dropping 1, 2, 4, ... from the top); the first one that cannot is needed too.
     A needed unit costs O(log gap) measurements, so a poor proxy order that pulled in many
-    harmless units stays cheap, and a tight prefix costs one measurement per unit."""
+    harmless units stays cheap, and a tight prefix costs one measurement per unit.
+
+    Each needed unit's effect comes from the two measured candidates that proved it needed: they
+    differ in that unit alone, one fits and the other (the unit back in int8) misses; the other
+    units in float there are the needed ones found before it and the units below it."""
     prefix = [u for u in order if u in chosen]
     required: list[str] = []
+    effects = []
+    fitting = frozenset(prefix)
     top = len(prefix)
     while top > 0:
-        required.append(prefix[top - 1])
-        top = _droppable(prefix[:top - 1], required, search)
-    kept = required
-    effects = []
-    final = frozenset(kept)
-    _, with_all = search.try_(final)
-    for unit in sorted(kept):
-        _, without = search.try_(final - {unit})
-        sign = 1 if BUDGET_METRICS[search.metric] == "min" else -1
-        effects.append({"node": unit, "metric": search.metric,
-                        "quantized": round(sign * without, 6), "float": round(sign * with_all, 6)})
+        unit = prefix[top - 1]
+        required.append(unit)
+        effects.append(_effect(search, unit, fitting))
+        top, fitting = _droppable(prefix[:top - 1], required, search)
     effects.sort(key=lambda e: -(abs(e["float"] - e["quantized"])))
-    return final, effects
+    return frozenset(required), effects
 
 
-def _droppable(rest: list[str], required: list[str], search: _Search) -> int:
-    """How many of `rest` must stay float (a prefix length) with `required` also float; the
-    search assumes that dropping more units from the top of `rest` never helps."""
+def _effect(search: _Search, unit: str, fitting: frozenset[str]) -> dict:
+    """`unit`'s measured effect: the fitting candidate `fitting` against it with `unit` in int8."""
+    _, with_unit = search.try_(fitting)
+    _, without = search.try_(fitting - {unit})
+    sign = 1 if BUDGET_METRICS[search.metric] == "min" else -1
+    return {"node": unit, "metric": search.metric, "quantized": round(sign * without, 6),
+            "float": round(sign * with_unit, 6), "others_in_float": len(fitting) - 1}
+
+
+def _droppable(rest: list[str], required: list[str], search: _Search) -> tuple[int, frozenset[str]]:
+    """How many of `rest` must stay float (a prefix length) with `required` also float, and the
+    fitting candidate with that many; the search assumes that dropping more units from the top
+    of `rest` never helps."""
+    def chosen(dropped: int) -> frozenset[str]:
+        return frozenset(required) | frozenset(rest[:len(rest) - dropped])
+
     def fits(dropped: int) -> bool:
-        return search.try_(frozenset(required) | frozenset(rest[:len(rest) - dropped]))[0]
+        return search.try_(chosen(dropped))[0]
 
     good, step = 0, 1
     while True:
@@ -174,9 +186,9 @@ def _droppable(rest: list[str], required: list[str], search: _Search) -> int:
             break
         good = trial
         if trial == len(rest):
-            return 0
+            return 0, chosen(good)
         step *= 2
     while bad - good > 1:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return len(rest) - good
+    return len(rest) - good, chosen(good)
