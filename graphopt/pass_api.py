@@ -163,6 +163,18 @@ class PassContext:
             return SearchMemo(self.deadline, label)
         return self.retry_memo.setdefault(namespace, SearchMemo(self.deadline, label))
 
+    def across_retries(self, key: tuple, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """(`compute()`, False), or (what it returned in an earlier try of the same pass, True):
+        for results a budget retry cannot change (calibration ranges, a latency check of the
+        fully quantized variants); computed afresh outside `run_with_retries`."""
+        if self.retry_memo is None:
+            return compute(), False
+        slot = ("across retries",) + key
+        if slot in self.retry_memo:
+            return self.retry_memo[slot], True
+        self.retry_memo[slot] = value = compute()
+        return value, False
+
     def no_match(self, pass_name: str, where: str, reason: str) -> None:
         """Record why a rewrite did not fire (visible with --debug)."""
         self.logger.debug("%s: no match at %s: %s", pass_name, where, reason)

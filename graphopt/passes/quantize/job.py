@@ -54,11 +54,15 @@ class QuantJob:
     def calibrate(self, options: CalibrationOptions, extra: dict) -> Calibration:
         """Ranges of the plan's tensors under `options` (the user's overrides applied), the
         tensors to keep float (user's, plus those whose range a few extreme values set), and the
-        report entry; `extra` adds to it (its "seconds" are added to the calibration's own)."""
+        report entry; `extra` adds to it (its "seconds" are added to the calibration's own). A
+        budget retry of the pass reuses its first try's ranges (`PassContext.across_retries`)."""
         start = time.perf_counter()
-        ranges, calib = calibrate_ranges(self.work, self.plan, self.feeds, options, self.options.cache_dir,
-                                         self.ctx.progress)
-        ranges.update(self.overrides.ranges)
+        key = ("quantize calibration", options, self.options.cache_dir, frozenset(self.plan.tensors))
+        (ranges, calib), reused = self.ctx.across_retries(key, lambda: calibrate_ranges(
+            self.work, self.plan, self.feeds, options, self.options.cache_dir, self.ctx.progress))
+        ranges, calib = {**ranges, **self.overrides.ranges}, dict(calib)
+        if reused:
+            calib["reused"] = "ranges from this pass's first try (a budget retry does not change them)"
         extreme = frozenset(calib.get("extreme", {})) - set(self.overrides.ranges)
         spent = time.perf_counter() - start + extra.get("seconds", 0.0)
         calib.update({**extra, "seconds": round(spent, 3)})

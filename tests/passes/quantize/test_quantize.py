@@ -509,7 +509,7 @@ def _fake_timings(monkeypatch, by_variant: dict[str, float | list[float]]):
         blocks = [float(value)] * 10 if np.isscalar(value) else [float(v) for v in value]
         return {"p50_ms": float(np.median(blocks)), "blocks": blocks}
 
-    def fake(sessions, feed, runs, block):
+    def fake(sessions, feed, runs, block, settled=None):
         return [timing(v) for v in list(by_variant.values())[: len(sessions)]]
 
     monkeypatch.setattr(quant_speed, "interleaved_timings", fake)
@@ -693,3 +693,26 @@ def test_top1_budget_covers_sequence_softmax_outputs():
     assert metrics["y"].top1 == pytest.approx(19 / 20)
     hidden = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)  # not probabilities
     assert compare_outputs([{"y": hidden}], [{"y": hidden}])["y"].top1 is None
+
+
+def test_a_budget_retry_reuses_the_first_tries_ranges_and_latency_check(monkeypatch):
+    """Neither depends on the budget: a retry (same PassContext.retry_memo) calibrates and times
+    nothing again, and its report says what it reused."""
+    import graphopt.passes.quantize.job as quant_job
+
+    proto = _conv_and_gemm_model()
+    feeds = _feeds(proto, 3, scale=0.5)
+    _fake_timings(monkeypatch, {"float": 10.0, "int8": 6.0, "no conv": 8.0, "no matmul": 9.0})
+    calls = []
+    real = quant_job.calibrate_ranges
+    monkeypatch.setattr(quant_job, "calibrate_ranges", lambda *a, **k: calls.append(a[3].method) or real(*a, **k))
+    ctx = PassContext(calibration=lambda: iter(feeds), holdout=feeds[:1], retry_memo={})
+    quantize_pass = get_pass("quantize")(cache_dir="off", speed_check=True, fallback=False)
+    first = quantize_pass.run(ir.serde.deserialize_model(proto), ctx)
+    assert calls == ["minmax", "percentile"] and "reused" not in first.stats["calibration"]
+    again = quantize_pass.run(ir.serde.deserialize_model(proto), ctx)
+    assert calls == ["minmax", "percentile"]  # no calibration pass in the retry
+    assert "first try" in again.stats["calibration"]["reused"] and "first try" in again.stats["speed"]["reused"]
+    assert again.stats["speed"]["chosen"] == first.stats["speed"]["chosen"] == "int8"
+    out_first, out_again = (ir.serde.serialize_model(r.model) for r in (first, again))
+    assert [n.op_type for n in out_first.graph.node] == [n.op_type for n in out_again.graph.node]
