@@ -13,10 +13,10 @@ count and the model, so it is measured rather than guessed:
 Each candidate is compared with float block by block (graphopt.bench.paired_verdict: faster,
 slower or within noise, with `margin`). The timing stops before `runs` once the decision has
 settled (`Settled`): from MIN_PAIRS block pairs on, when every candidate is called faster or
-slower than float or is level with it (block-ratio quartiles on both sides of 1), and the
-fastest of those called faster is faster than the next, at two checks in a row. A close call
-(a ratio near the margin, two faster candidates near each other) runs the full count. The fastest
-candidate measurably faster that meets the accuracy budget wins; when none is, the most
+slower than float or is level with it (block-ratio quartiles half a margin short of a verdict),
+and the fastest of those called faster is faster than the next, at two checks in a row. A close
+call (a ratio near the margin, two faster candidates near each other) runs the full count. The
+fastest candidate measurably faster that meets the accuracy budget wins; when none is, the most
 quantized candidate within noise of float is kept (and the stats say it is not faster); the
 model stays float only when every quantized candidate is measurably slower (the stats say why).
 """
@@ -48,8 +48,8 @@ MIN_PAIRS = 5  # block pairs before the timing may stop early (Settled)
 
 class Settled:
     """`interleaved_timings`' stop test for [float, candidates...] timings: every candidate's
-    verdict against float decided or a robust "within noise" (its block-ratio quartiles straddle
-    1: more blocks would not move them past the margin), the fastest "faster" one also faster
+    verdict against float decided or a robust "within noise" (the quartile that would call it
+    faster, or slower, at least half the margin short of doing so), the fastest "faster" one also faster
     than the runner-up "faster" one, and the same verdicts as at the previous check."""
 
     def __init__(self, margin: float):
@@ -59,8 +59,9 @@ class Settled:
         if len(timings[0]["blocks"]) < MIN_PAIRS:
             return False
         verdicts = [paired_verdict(timings[0], t, self.margin) for t in timings[1:]]
-        robust = all(v["verdict"] != "within noise" or v["ratio_q25_q75"][0] <= 1 <= v["ratio_q25_q75"][1]
-                     for v in verdicts)
+        half = self.margin / 2
+        robust = all(v["verdict"] != "within noise"
+                     or v["ratio_q25_q75"][0] <= 1 + half and v["ratio_q25_q75"][1] >= 1 - half for v in verdicts)
         faster = sorted((t["p50_ms"], i) for i, (t, v) in enumerate(zip(timings[1:], verdicts))
                         if v["verdict"] == "faster")
         ordered = len(faster) < 2 or paired_verdict(timings[1 + faster[1][1]], timings[1 + faster[0][1]],
