@@ -10,6 +10,8 @@ from the same calibration, so what the last try measured is reused instead of ru
 A memo lives for one pass's tries (the manager clears it before the next pass); each search
 keys it by what determines its candidates (`PassContext.search_memo`). It also holds the run's
 deadline: past `--max-time`, measuring one more candidate raises OutOfTime (graphopt.deadline).
+A search records its result in `chosen`: a retry only runs when the verification rejected it,
+so the retry's search can rule it (and whatever it implies) out.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class SearchMemo(dict):
     def __init__(self, deadline=None, label: str = "budget search"):
         super().__init__()
         self.deadline, self.label = deadline, label
+        self.chosen: list = []  # each earlier try's result: its verification missed (else no retry)
 
     def fits(self, key, build, ev, budget: Budget, early: bool = True) -> tuple[bool, dict[str, OutputMetrics]]:
         """(fits, metrics) of the candidate `build()` makes, reused when an earlier try measured it."""

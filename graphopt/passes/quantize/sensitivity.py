@@ -11,6 +11,11 @@ needed, and an exponential + binary search finds how many units below it can go 
 at once; the first that cannot is needed too, and so on (_prune). The stats list every fallback
 with its measured effect m(without it in float) -> m(with); a miss is decided on the first feeds
 that show it (graphopt.staged), so m(without it) may cover only those.
+
+In a budget retry (the verification feeds rejected the last try's set F), every subset of F
+counts as a miss: fewer units in float cannot fit where F did not, by the same monotonicity
+the search assumes. Without this, a retry whose tighter budget F still meets on the search
+feeds (a top-1 rate already at 1.0 there) would choose F again and fail the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class _Search:
         self.metric = next(iter(budget.limits))
         self.progress = progress or (lambda message: None)
         self.measured: dict[frozenset[str], tuple[bool, float]] = {}
+        self.rejected: list[frozenset[str]] = list(self.memo.chosen)  # failed verification in earlier tries
 
     def score(self, metrics) -> float:
         value = worst(metrics, self.metric)
@@ -58,6 +64,7 @@ class _Search:
         Candidates are not kept (each holds its own quantized weights); the winner is rebuilt."""
         if disabled not in self.measured:
             ok, metrics = self.memo.fits(disabled, lambda: self.build(disabled).model, self.ev, self.budget, early)
+            ok = ok and not any(disabled <= failed for failed in self.rejected)
             self.measured[disabled] = (ok, self.score(metrics))
             seen = "" if self.ev.feeds_seen == len(self.ev.feeds) else \
                 f", decided on {self.ev.feeds_seen} of {len(self.ev.feeds)} feeds"
@@ -74,9 +81,12 @@ def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max
     what earlier tries of the pass measured (graphopt.search_memo)."""
     search = _Search(build, ev, budget, progress, memo)
     ok, metrics = search.memo.fits(frozenset(), lambda: full.model, ev, budget, early=False)  # reported; the gains' base
+    ok = ok and not search.rejected  # the empty set is a subset of any earlier try's result
     search.measured[frozenset()] = (ok, search.score(metrics))
     report = {"measured": True, "limits": dict(budget.limits), "all_quantized": summarize(metrics)}
     if ok or max_fallback == 0:
+        if ok:
+            search.memo.chosen.append(frozenset())
         return full, {**report, "fits": ok, "fallbacks": []}
     try:
         order = _ranking(full, search, rank, proxy)
@@ -92,8 +102,10 @@ def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max
         stopped = {**report, "stopped": f"no time left (--max-time) for {exc.what}"}
         return _best_so_far(search, build, len(full.plan.units), stopped)
     best = build(kept) if kept else full
+    memo_report = {"ruled_out": len(search.rejected)} if search.rejected else {}
+    search.memo.chosen.append(kept)
     return best, {**report, "fits": True, "final": _final(search, kept, best), "fallbacks": effects,
-                  "measurements": len(search.measured)}
+                  "measurements": len(search.measured), **memo_report}
 
 
 def _final(search: _Search, kept: frozenset[str], best: Candidate) -> dict:

@@ -23,7 +23,7 @@ class FakeEvaluator:
         self.calls += 1
         quantized = set(UNITS) - model.disabled
         loss = 0.02 * len(quantized & self.harmful) + 0.0001 * len(quantized - self.harmful)
-        return {"y": SimpleNamespace(cosine=1.0 - loss)}
+        return {"y": SimpleNamespace(cosine=1.0 - loss, sample_cosine=1.0 - loss)}
 
     def fits(self, model, budget, early=True):
         metrics = self.measure(model)
@@ -89,3 +89,24 @@ def test_out_of_time_keeps_the_best_fitting_candidate_measured_so_far(monkeypatc
         assert best is None and not report["fits"]
     else:
         assert best.disabled == frozenset(UNITS[:in_float]) and report["fits"]
+
+
+def test_a_retry_rules_out_what_the_verification_rejected(monkeypatch):
+    """The verification rejected the first try's {u20}: in the retry (same memo, a budget the
+    search feeds still meet with {u20}), {u20} and its subsets count as misses, so the retry
+    puts one more unit in float instead of choosing {u20} again."""
+    import graphopt.passes.quantize.sensitivity as sensitivity
+    from graphopt.search_memo import SearchMemo
+
+    monkeypatch.setattr(sensitivity, "worst", lambda metrics, metric: metrics["y"].cosine)
+    monkeypatch.setattr(sensitivity, "summarize", lambda metrics: {"cosine": metrics["y"].cosine})
+    proxy = {u: i for i, u in enumerate(UNITS)}
+    memo = SearchMemo()
+    first, report = fit_budget(build(frozenset()), build, FakeEvaluator({"u20"}), Budget({"cosine": 0.99}), 64,
+                               proxy=proxy, memo=memo)
+    assert first.disabled == {"u20"} and "ruled_out" not in report
+    again, retry = fit_budget(build(frozenset()), build, FakeEvaluator({"u20"}), Budget({"cosine": 0.995}), 64,
+                              proxy=proxy, memo=memo)
+    assert retry["fits"] and retry["ruled_out"] == 1
+    assert again.disabled > {"u20"} and len(again.disabled) == 2
+    assert memo.chosen == [frozenset({"u20"}), again.disabled]
