@@ -1,7 +1,8 @@
 """Deciding that a candidate misses the budget on part of the held-out feeds.
 
 A budget search measures many candidates that miss; most miss on a few hard feeds. The feeds
-therefore run in stages (4, 8, 16, then the rest), and after each stage the judged statistics
+therefore run in stages (1, 3, 8, 16, then the rest: the first stage is the one hardest feed
+found so far, which decides most misses alone; a feed can be a batch of many samples), and after each stage the judged statistics
 over the feeds seen so far are merged (`merge_metrics`):
 - worst-sample statistics (cosine, snr_db judged per sample; max_abs) are a min or max over
   feeds, so the value on a subset is at least as good as on all feeds: a subset that misses
@@ -27,7 +28,7 @@ import numpy as np
 
 from graphopt.metrics import OutputMetrics
 
-FIRST_STAGES = (4, 8, 16)  # feeds in the first stages; every remaining feed forms the last one
+FIRST_STAGES = (1, 3, 8, 16)  # feeds in the first stages; every remaining feed forms the last one
 
 
 def stages(order: list[int]) -> list[list[int]]:
