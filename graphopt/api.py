@@ -197,7 +197,7 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
 
 
 def _manager(pass_list: list[Pass], config: RunConfig, run: RunData, seed: int, progress,
-             search_reference: list[Feed] | None, deadline: Deadline | None = None) -> PassManager:
+             search_reference: list[Feed] | Callable[[], list[Feed]] | None, deadline: Deadline | None = None) -> PassManager:
     calib = run.calibration
     ctx = PassContext(seed=seed, budget=config.budget, calibration=(lambda: iter(calib)) if calib else None,
                       search=run.search if search_reference is not None else [], search_reference=search_reference,
@@ -205,12 +205,28 @@ def _manager(pass_list: list[Pass], config: RunConfig, run: RunData, seed: int, 
     return PassManager(pass_list, config, run.verification, ctx, progress)
 
 
-@timed("reference outputs")
-def _search_reference(loaded: LoadedModel, run: RunData, lossy: list[str]) -> list[Feed] | None:
-    """The input model's outputs on the search feeds (graphopt.run_data), for runs with lossy passes."""
+def _search_reference(loaded: LoadedModel, run: RunData, lossy: list[str]):
+    """The input model's outputs on the search feeds (graphopt.run_data), for runs with lossy
+    passes: computed when a pass first asks for them (a lossy pass that keeps the model as it is,
+    e.g. quantize finding int8 slower here, never does) where the input is a file the run does
+    not change; at once for an in-memory model, which the passes may edit in place."""
     if not lossy or not run.search:
         return None
-    return reference_outputs(loaded.path or loaded.model, run.search)
+    if loaded.path is None:
+        return _reference_on(loaded.model, run.search)
+    results: list = []
+
+    def once() -> list[Feed]:
+        if not results:
+            results.append(_reference_on(loaded.path, run.search))
+        return results[0]
+
+    return once
+
+
+@timed("reference outputs")
+def _reference_on(model, feeds: list[Feed]) -> list[Feed]:
+    return reference_outputs(model, feeds)
 
 
 @timed("load")

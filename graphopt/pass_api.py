@@ -101,7 +101,8 @@ class PassContext:
     holdout: list[Feed] = field(default_factory=list)  # verification feeds (the manager sets them)
     reference: list[Feed] | None = None  # the input model's outputs on `holdout`
     search: list[Feed] = field(default_factory=list)  # feeds lossy passes size themselves on (run_data)
-    search_reference: list[Feed] | None = None  # the input model's outputs on `search`
+    search_reference: list[Feed] | Callable[[], list[Feed]] | None = None  # the input model's outputs on
+    # `search`, or a function computing them when a pass first needs them
     progress: Callable[[str], None] | None = None
     retry_memo: dict | None = None  # a lossy pass's measurements across its retries (graphopt.search_memo)
     deadline: Deadline = field(default_factory=Deadline)  # --max-time (graphopt.deadline)
@@ -142,6 +143,8 @@ class PassContext:
         from graphopt.lossy import Evaluator
 
         if self.search and self.search_reference is not None:
+            if callable(self.search_reference):
+                self.search_reference = self.search_reference()
             feeds, reference = self.search, self.search_reference
         elif self.reference is not None and self.holdout:
             feeds, reference = self.holdout, self.reference
