@@ -141,3 +141,21 @@ def test_smallest_fitting_prefix_finds_the_threshold_with_few_measurements(count
 
     assert smallest_fitting_prefix(count, fits) == threshold
     assert len(asked) <= 2 * max(count, 2).bit_length() + 1
+
+
+def test_the_search_reference_is_computed_when_a_pass_first_asks_for_it():
+    """api passes a function for file inputs: nothing runs until ctx.evaluator, and only once."""
+    from graphopt.pass_api import PassContext
+
+    feeds = [{"x": np.ones((1, 4), np.float32)} for _ in range(3)]
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [{"y": f["x"]} for f in feeds]
+
+    ctx = PassContext(search=feeds, search_reference=compute)
+    assert calls == []
+    first = ctx.evaluator(None)
+    assert calls == [1] and first.reference[0]["y"].shape == (1, 4)
+    assert ctx.evaluator(None) is first and calls == [1]
