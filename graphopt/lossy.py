@@ -275,7 +275,11 @@ class CandidateSearch:
     """Builds and measures budget-search candidates, each once (the shared core of the lossy
     passes' fallback searches). A candidate is whatever `build` takes (a frozenset of units kept
     at higher precision, a {layer: bits} map); `key` makes it hashable, `describe` names it for
-    the progress line. `measure` -> (fits the budget, worst value of the budget's first metric)."""
+    the progress line. `measure` -> (fits the budget, worst value of the budget's first metric).
+    With `worse_than(key, other)` (a partial order: `key`'s candidate cannot fit where `other`'s
+    did not), a candidate no better than one an earlier try chose (`memo.chosen`: the
+    verification rejected it, or there would be no retry) counts as a miss; `chosen(key)`
+    records a try's result."""
 
     build: Callable[[Any], ir.Model]
     ev: Evaluator
@@ -285,15 +289,23 @@ class CandidateSearch:
     key: Callable[[Any], Any] = lambda candidate: candidate
     measured: dict = field(default_factory=dict)
     memo: SearchMemo = field(default_factory=SearchMemo)  # earlier tries' measurements (ctx.search_memo)
+    worse_than: Callable[[Any, Any], bool] | None = None
 
     @property
     def metric(self) -> str:
         return next(iter(self.budget.limits))
 
+    def ruled_out(self, key) -> bool:
+        return self.worse_than is not None and any(self.worse_than(key, failed) for failed in self.memo.chosen)
+
+    def chosen(self, key) -> None:
+        self.memo.chosen.append(key)
+
     def measure(self, candidate) -> tuple[bool, float]:
         key = self.key(candidate)
         if key not in self.measured:
             ok, metrics = self.memo.fits(key, lambda: self.build(candidate), self.ev, self.budget)
+            ok = ok and not self.ruled_out(key)
             self.measured[key] = (ok, worst(metrics, self.metric))
             if self.progress is not None:
                 self.progress(f"{self.describe(candidate)}: {self.metric} {self.measured[key][1]:.5g} "

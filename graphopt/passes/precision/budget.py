@@ -8,7 +8,8 @@ the ops are ranked (rank.py, most error-adding first) and the smallest prefix of
 last op is needed (the prefix without it misses); each earlier one, from the end, goes back to
 the low type if the budget still holds without it (at most MAX_THIN tries). Each remaining
 fallback u of the final set F is reported with its measured effect (the first MAX_EFFECTS):
-m(F \\ {u}) -> m(F), "budget: cosine 0.9981 -> 0.9995 when kept float32".
+m(F \\ {u}) -> m(F), "budget: cosine 0.9981 -> 0.9995 when kept float32". In a budget retry
+the set an earlier try chose, which the verification rejected, and its subsets count as misses.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Search(CandidateSearch):
     def __init__(self, build: Callable[[frozenset[str]], ir.Model], ev: Evaluator, budget: Budget,
                  progress: Callable[[str], None]):
         super().__init__(build, ev, budget, progress,
-                         describe=lambda kept: f"float16: {len(kept)} op(s) back in float32")
+                         describe=lambda kept: f"float16: {len(kept)} op(s) back in float32",
+                         worse_than=frozenset.issubset)  # fewer ops in float32 cannot fit better
 
     def try_(self, kept: frozenset[str]) -> bool:
         return self.measure(kept)[0]
@@ -46,6 +48,7 @@ def fit_budget(search: Search, rank: Callable[[], list[str]], max_fallback: int)
     report = {"measured": True, "limits": dict(search.budget.limits),
               "all_converted": {search.metric: round(search.value(none), 6)}}
     if search.try_(none):
+        search.chosen(none)
         return none, {**report, "fits": True, "fallbacks": {}}
     order = rank()[:max_fallback]
     k = smallest_fitting_prefix(len(order), lambda n: search.try_(frozenset(order[:n]))) if order else None
@@ -54,6 +57,7 @@ def fit_budget(search: Search, rank: Callable[[], list[str]], max_fallback: int)
         return None, {**report, "fits": False, "reason": reason, "measurements": len(search.measured)}
     kept = _thin(search, order[:k])
     final = frozenset(kept)
+    search.chosen(final)
     effects = {}
     for i, key in enumerate(kept):
         if i < MAX_EFFECTS:
