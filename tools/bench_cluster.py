@@ -30,8 +30,6 @@ Usage: python tools/bench_cluster.py [--models minilm,det,rec,cls] [--runs 40] [
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from graphopt.report import cpu_line  # noqa: E402
 from graphopt import optimize  # noqa: E402
 from graphopt.bench import interleaved_timings  # noqa: E402
 from graphopt.passes.cluster import ClusterWeights  # noqa: E402
@@ -131,15 +130,6 @@ def bench_model(name: str, folder: Path, args) -> tuple[Task, dict[str, dict]]:
     print(f"[{name}] measuring ...", flush=True)
     measure(task, rows, args)
     return task, rows
-
-
-def cpu_line() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
 
 
 def print_table(results: list[tuple[Task, dict[str, dict]]], args) -> None:

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from graphopt.report import cpu_line  # noqa: E402
 from graphopt.bench import interleaved_timings  # noqa: E402
 from graphopt.recipes import RECIPES  # noqa: E402
 from graphopt.targets import adapt_recipe, get_target  # noqa: E402
@@ -417,21 +417,6 @@ def openvino(rows: dict[str, dict], data: dict, args) -> dict:
 
 
 # --- output --------------------------------------------------------------------------------------
-
-def cpu_line() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
-              if f in flags]
-    missing = [f for f in ("avx512_vnni", "amx_int8") if f not in flags]
-    cpus = fields.get("CPU(s)", "?").strip()
-    return (f"{fields.get('Model name', '?').strip()}, {cpus} CPUs, flags: {' '.join(wanted)}"
-            + (f" (no {', '.join(missing)})" if missing else ""))
-
 
 def spread(timing: dict | None) -> str:
     if not timing:

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from graphopt.report import cpu_line  # noqa: E402
 from graphopt import optimize  # noqa: E402
 from graphopt.bench import interleaved_p50  # noqa: E402
 from graphopt.runtime import create_session  # noqa: E402
@@ -98,15 +99,6 @@ def measure(case: QuantCase, rows: dict[str, dict], runs: int, threads: int, rou
         rows[label]["ms"] = quietest[i]
         rows[label]["speedups"] = sorted(round_ms[0] / round_ms[i] for round_ms in samples)
         rows[label]["speedup"] = statistics.median(rows[label]["speedups"])
-
-
-def cpu_line() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "unknown")
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split() \
-        if Path("/proc/cpuinfo").exists() else []
-    have = [f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{model}, {os.cpu_count()} cores; int8 flags: {', '.join(have) or 'none'}"
 
 
 def table(rows: dict[str, dict], args) -> str:

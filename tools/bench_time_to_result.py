@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from compare_peers import ORT_QUANTIZE  # noqa: E402
-from graphopt.report import cpu_name  # noqa: E402
+from graphopt.report import cpu_line  # noqa: E402
 
 
 HELD_OUT = 16  # feeds per case that no tool sees, for the fidelity column
@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--max-time", type=float, default=None, help="passed to graphopt as --max-time")
     args = parser.parse_args()
-    print(f"machine: {cpu_name()}; onnxruntime {__import__('onnxruntime').__version__}")
+    print(f"machine: {cpu_line()}; onnxruntime {__import__('onnxruntime').__version__}")
     with tempfile.TemporaryDirectory(prefix="ttr-") as name:
         tmp = Path(name)
         cases = pypi_cases(tmp, site_dirs(args.site), args.count)

@@ -24,8 +24,6 @@ Usage: python tools/bench_weights.py [--model minilm.onnx] [--algorithms rtn,gpt
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from graphopt.report import cpu_line  # noqa: E402
 from graphopt import optimize  # noqa: E402
 from graphopt.bench import interleaved_p50  # noqa: E402
 from graphopt.recipes import RECIPES  # noqa: E402
@@ -118,17 +117,6 @@ def one_sentence(case: QuantCase) -> dict:
     batch = case.holdout[0]
     length = int(batch["attention_mask"][0].sum())
     return {k: v[:1, :length] for k, v in batch.items()}
-
-
-def cpu_line() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs, flags: {' '.join(wanted)}"
 
 
 def print_table(rows: dict[str, dict], args) -> None:

@@ -119,3 +119,28 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_line() -> str:
+    """CPU model, count and the SIMD flags ORT's int8/bf16 kernels depend on, for the header of a
+    benchmark table: "AMD EPYC ..., 2 CPUs, flags: avx2 avx512f avx512_vnni (no amx_int8)"."""
+    flags = cpu_flags()
+    have = [f for f in SIMD_FLAGS if f in flags]
+    missing = [f for f in ("avx512_vnni", "amx_int8") if f not in flags]
+    return (f"{cpu_name()}, {os.cpu_count()} CPUs, flags: {' '.join(have) or 'none'}"
+            + (f" (no {', '.join(missing)})" if missing else ""))

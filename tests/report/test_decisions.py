@@ -189,3 +189,13 @@ def test_real_browser_shows_the_quantize_decisions(tmp_path, fallback_report):
     assert all(found["visible"] for found in seen.values()), seen
     for node, reason in _stats(fallback_report)["kept_float"].items():
         assert node in seen["[data-key=kept_float]"]["text"] and reason in seen["[data-key=kept_float]"]["text"]
+
+
+def test_cpu_line_names_the_simd_flags_int8_kernels_depend_on(monkeypatch):
+    import graphopt.report.document as document
+
+    monkeypatch.setattr(document, "cpu_flags", lambda: {"avx2", "avx512_vnni", "sse4_2"})
+    line = document.cpu_line()
+    assert line.startswith(document.cpu_name()) and "flags: avx2 avx512_vnni (no amx_int8)" in line
+    monkeypatch.setattr(document, "cpu_flags", lambda: set())
+    assert "flags: none (no avx512_vnni, amx_int8)" in document.cpu_line()
