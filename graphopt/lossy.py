@@ -296,7 +296,7 @@ class CandidateSearch:
         return next(iter(self.budget.limits))
 
     def ruled_out(self, key) -> bool:
-        return self.worse_than is not None and any(self.worse_than(key, failed) for failed in self.memo.chosen)
+        return self.worse_than is not None and self.memo.rejects(key, self.worse_than)
 
     def chosen(self, key) -> None:
         self.memo.chosen.append(key)

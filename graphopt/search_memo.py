@@ -62,6 +62,11 @@ class SearchMemo(dict):
         self.deadline, self.label = deadline, label
         self.chosen: list = []  # each earlier try's result: its verification missed (else no retry)
 
+    def rejects(self, key, worse_than) -> bool:
+        """Whether `key` is no better than an earlier try's result (`worse_than(key, chosen)`,
+        a partial order such as frozenset.issubset for units kept at higher precision)."""
+        return any(worse_than(key, failed) for failed in self.chosen)
+
     def fits(self, key, build, ev, budget: Budget, early: bool = True) -> tuple[bool, dict[str, OutputMetrics]]:
         """(fits, metrics) of the candidate `build()` makes, reused when an earlier try measured it."""
         entry = self.get(key)

@@ -52,7 +52,7 @@ class _Search:
         self.metric = next(iter(budget.limits))
         self.progress = progress or (lambda message: None)
         self.measured: dict[frozenset[str], tuple[bool, float]] = {}
-        self.rejected: list[frozenset[str]] = list(self.memo.chosen)  # failed verification in earlier tries
+        self.ruled_out = len(self.memo.chosen)  # earlier tries' results, rejected by their verification
 
     def score(self, metrics) -> float:
         value = worst(metrics, self.metric)
@@ -64,7 +64,7 @@ class _Search:
         Candidates are not kept (each holds its own quantized weights); the winner is rebuilt."""
         if disabled not in self.measured:
             ok, metrics = self.memo.fits(disabled, lambda: self.build(disabled).model, self.ev, self.budget, early)
-            ok = ok and not any(disabled <= failed for failed in self.rejected)
+            ok = ok and not self.memo.rejects(disabled, frozenset.issubset)
             self.measured[disabled] = (ok, self.score(metrics))
             seen = "" if self.ev.feeds_seen == len(self.ev.feeds) else \
                 f", decided on {self.ev.feeds_seen} of {len(self.ev.feeds)} feeds"
@@ -81,7 +81,7 @@ def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max
     what earlier tries of the pass measured (graphopt.search_memo)."""
     search = _Search(build, ev, budget, progress, memo)
     ok, metrics = search.memo.fits(frozenset(), lambda: full.model, ev, budget, early=False)  # reported; the gains' base
-    ok = ok and not search.rejected  # the empty set is a subset of any earlier try's result
+    ok = ok and not search.memo.rejects(frozenset(), frozenset.issubset)
     search.measured[frozenset()] = (ok, search.score(metrics))
     report = {"measured": True, "limits": dict(budget.limits), "all_quantized": summarize(metrics)}
     if ok or max_fallback == 0:
@@ -102,7 +102,7 @@ def fit_budget(full: Candidate, build: Build, ev: Evaluator, budget: Budget, max
         stopped = {**report, "stopped": f"no time left (--max-time) for {exc.what}"}
         return _best_so_far(search, build, len(full.plan.units), stopped)
     best = build(kept) if kept else full
-    memo_report = {"ruled_out": len(search.rejected)} if search.rejected else {}
+    memo_report = {"ruled_out": search.ruled_out} if search.ruled_out else {}
     search.memo.chosen.append(kept)
     return best, {**report, "fits": True, "final": _final(search, kept, best), "fallbacks": effects,
                   "measurements": len(search.measured), **memo_report}
