@@ -49,8 +49,8 @@ MIN_PAIRS = 5  # block pairs before the timing may stop early (Settled)
 class Settled:
     """`interleaved_timings`' stop test for [float, candidates...] timings: every candidate's
     verdict against float decided or a robust "within noise" (the quartile that would call it
-    faster, or slower, at least half the margin short of doing so), the fastest "faster" one also faster
-    than the runner-up "faster" one, and the same verdicts as at the previous check."""
+    faster, or slower, at least half the margin short of doing so), the fastest "faster" one
+    also faster than the runner-up "faster" one, and the same verdicts as at the previous check."""
 
     def __init__(self, margin: float):
         self.margin, self.previous = margin, None
