@@ -197,7 +197,8 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
 
 
 def _manager(pass_list: list[Pass], config: RunConfig, run: RunData, seed: int, progress,
-             search_reference: list[Feed] | Callable[[], list[Feed]] | None, deadline: Deadline | None = None) -> PassManager:
+             search_reference: list[Feed] | Callable[[], list[Feed]] | None,
+             deadline: Deadline | None = None) -> PassManager:
     calib = run.calibration
     ctx = PassContext(seed=seed, budget=config.budget, calibration=(lambda: iter(calib)) if calib else None,
                       search=run.search if search_reference is not None else [], search_reference=search_reference,
