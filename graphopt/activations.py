@@ -10,8 +10,9 @@ here keeps more than one batch of activations alive.
 
 When the exposed tensors of one run would exceed `max_bytes`, the names are split into
 chunks and the feeds are iterated once per chunk (the feed source is a callable so it can be
-re-iterated). The byte estimate uses each value's static shape with symbolic dims taken from
-the first feed's batch size guess (`dynamic_dim`), so it is a planning estimate, not a bound.
+re-iterated). The sizes are those of the first feed (graphopt.value_bytes: declared shapes,
+then shape inference at the feed's input shapes), so a planning estimate, not a bound; a feed
+source that is not callable is sized from declared shapes alone, unknown dims as `dynamic_dim`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from graphopt.errors import InputError
 from graphopt.io import in_memory_bytes
 from graphopt.runtime import create_session, model_file, return_freed_memory
 from graphopt.shared_session import shared_weight_session
+from graphopt.value_bytes import packed, value_sizes
 
 Feed = dict[str, np.ndarray]
 FeedSource = Callable[[], Iterable[Feed]]
@@ -112,7 +114,7 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise InputError(f"cannot expose {unknown[:3]}: no such value in the main graph")
-    chunks = plan_chunks(values, max_bytes) if values else []
+    chunks = _chunks(model, [v.name for v in values], feeds, max_bytes) if values else []
     batches = 0
     for ci, chunk in enumerate(chunks):
         session = exposed_session(with_outputs(model, chunk), owned=True, many_sessions=many_sessions)
@@ -122,6 +124,16 @@ def stream_activations(model: ir.Model, names: list[str], feeds: FeedSource, con
             del session
             return_freed_memory()
     return StreamStats(len(chunks), batches, chunks)
+
+
+def _chunks(model: ir.Model, names: list[str], feeds: FeedSource, max_bytes: int) -> list[list[str]]:
+    if max_bytes >= 2**62:
+        return [names]
+    first = next(iter(feeds()), None) if callable(feeds) else None
+    if first is None:
+        by_name = _values_by_name(model.graph)
+        return plan_chunks([by_name[n] for n in names], max_bytes)
+    return packed(names, value_sizes(model, names, first), max_bytes)
 
 
 def exposed_session(model: ir.Model, opt_level: str = "disable_all", low_memory: bool = False,

@@ -1,7 +1,7 @@
 """Overflow safety by measurement: which ops must stay float32 because their values leave the
 low type's range.
 
-The calibration feeds are streamed through the float32 model (streams.py), and for
+The calibration feeds are streamed through the float32 model (graphopt.activations), and for
 every float32 tensor a candidate reads or writes in its slots the largest finite |x| is kept
 (constants: from their data; graph inputs: from the feeds). Rule, with M the type's largest
 finite value (float16: 65504) and margin m (option `range_margin`, default 0.5):
@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from graphopt.passes.precision.lowtypes import LowType
 from graphopt.passes.precision.select import Selection, is_constant, node_keys
-from graphopt.passes.precision.streams import stream
+from graphopt.activations import stream_activations
 
 
 @dataclass
@@ -62,9 +62,10 @@ def measure(work: ir.Model, found: Selection, small: set[str], feeds, progress=N
             if np.issubdtype(np.asarray(feed[name]).dtype, np.floating):
                 ranges.fold(name, feed[name], name in small)
     activations = list(dict.fromkeys(activations))
-    if activations:
-        stream(work, activations, feeds, lambda _, arrays: [ranges.fold(n, a, n in small) for n, a in arrays.items()],
-               progress)
+    if activations and ranges.batches:
+        stream_activations(work, activations, feeds,
+                           lambda _, arrays: [ranges.fold(n, a, n in small) for n, a in arrays.items()],
+                           progress=progress)
     return ranges
 
 

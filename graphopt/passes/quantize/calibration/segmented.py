@@ -9,10 +9,9 @@ range, and bin in numpy (floor(x·2^-e) + B, bincount), which takes less time pe
 ORT's ScatterElements, which an earlier in-graph histogram pass used (measured:
 docs/design-measurements.md).
 
-The first feed is cut by estimated sizes: the model's own shapes (graphopt.passes.quantize.calibration.plan,
-symbolic dims from the feed) or, when it lacks them (Paddle exports), ONNX shape inference at the
-feed's concrete input shapes (`segments.inferred`, which also gives the dtypes segment inputs
-need). If one segment then gave more than twice `cap` and the sizes that feed really had cut
+The first feed is cut by estimated sizes (graphopt.value_bytes: the model's own shapes with
+symbolic dims from the feed, else ONNX shape inference at the feed's concrete input shapes, which
+also gives the dtypes segment inputs need when the export left values untyped). If one segment then gave more than twice `cap` and the sizes that feed really had cut
 differently, the segments are rebuilt once. An overestimate only means more, smaller segments,
 each one more ORT session to build and one more run per feed, which cost less than rebuilding
 them (measured: docs/design-measurements.md). Any ORT refusal (building or running a segment,
@@ -26,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from graphopt.passes.quantize.calibration import segments
 from graphopt.activations import exposed_session
 from graphopt.passes.quantize.calibration.ingraph import Refused
-from graphopt.passes.quantize.calibration.plan import checked_feeds, value_sizes
+from graphopt.passes.quantize.calibration.plan import checked_feeds
 from graphopt.errors import InputError
 from graphopt.runtime import return_freed_memory
+from graphopt.value_bytes import inferred, value_sizes
 
 
 def collect(model, names, source, stats, inputs, say, method: str, cap: int) -> None:
@@ -85,15 +85,14 @@ class _Folder:
 
 
 def _first_sizes(model, names, feed) -> tuple[dict[str, int], dict]:
-    """Estimated bytes of each name for the first cut, and dtypes for untyped values: from the
-    model's own shapes when it has them, else from shape inference at this feed's shapes."""
+    """Estimated bytes of each name for the first cut (graphopt.value_bytes), and, when the model
+    leaves some of them unshaped or untyped (Paddle exports), every value's dtype from shape
+    inference at this feed's shapes (segment inputs need one)."""
     by_name = {v.name: v for node in model.graph for v in node.outputs}
-    estimated = value_sizes(model, names, feed)
     if all(by_name[n].shape is not None and by_name[n].dtype is not None for n in names):
-        return estimated, {}
-    found = segments.inferred(model, feed)
-    sizes = {n: found[n][1] if found.get(n, (None, None))[1] is not None else estimated[n] for n in names}
-    return sizes, {name: dtype for name, (dtype, _) in found.items() if dtype is not None}
+        return value_sizes(model, names, feed), {}
+    found = inferred(model, feed)
+    return value_sizes(model, names, feed, found), {n: dtype for n, (dtype, _) in found.items() if dtype is not None}
 
 
 def _runner(model, names, sizes, cap, dtypes=None) -> segments.SegmentedRun:

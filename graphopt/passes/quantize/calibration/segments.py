@@ -17,7 +17,7 @@ every input of segment k exists when k runs, and every node sees the inputs it s
 model, so each value is exactly the one the whole model computes (same kernels, optimizations
 off). Peak memory: the wanted tensors the caller holds, the values crossing the cut, and what ORT
 holds inside one segment. Segment inputs are declared with their dtype only (any shape); values
-the export left untyped (Paddle) take dtypes from `inferred` or ONNX shape inference.
+the export left untyped (Paddle) take dtypes from graphopt.value_bytes.inferred or ONNX shape inference.
 Tensor-valued Constant nodes (Paddle keeps every weight in one) are not cut: they become
 initializers of each segment that reads them, so weights never cross a cut as values
 (PP-OCR rec: 225 of 339 segment inputs were Constant outputs, copied out of segment 0 per feed).
@@ -151,27 +151,6 @@ def _type_crossing_values(copy: ir.Model, reads: dict[ir.Node, list[ir.Value]], 
     untyped = sorted({v.name for v in crossing if v.dtype is None})
     if untyped:
         raise InputError(f"segments: no dtype known for {untyped[:3]} (shape inference left them untyped)")
-
-
-def inferred(model: ir.Model, feed: dict[str, np.ndarray]) -> dict[str, tuple[ir.DataType | None, int | None]]:
-    """{value: (dtype, bytes or None)} of every node output, from ONNX shape inference on a clone
-    whose graph inputs have this feed's concrete shapes (so convolution outputs get sizes too)."""
-    clone = model.clone()
-    LiftConstantsToInitializersPass(size_limit=1024)(clone)  # inference then leaves the weights out
-    for value in clone.graph.inputs:
-        if value.name in feed:
-            value.shape = ir.Shape(feed[value.name].shape)
-    infer_shapes(clone, strict=False)
-    result = {}
-    for node in clone.graph:
-        for value in node.outputs:
-            concrete = value.shape is not None and all(isinstance(d, int) for d in value.shape)
-            size = int(np.prod(value.shape.numpy(), dtype=np.int64)) * value.dtype.itemsize \
-                if concrete and value.dtype is not None else None
-            result[value.name] = (value.dtype, size)
-    for name, value in clone.graph.initializers.items():  # the lifted Constant outputs
-        result.setdefault(name, (value.dtype, None))
-    return result
 
 
 def _reader_segments(reads: dict[ir.Node, list[ir.Value]], group: dict[ir.Node, int]) -> dict[str, set[int]]:
