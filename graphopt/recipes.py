@@ -7,15 +7,9 @@ SPEC is `name` or `name:key=value;key=value`, comma-separated. A recipe file is 
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from graphopt.config_files import CONFIG_SUFFIXES, read_config
 from graphopt.errors import InputError
 from graphopt.options import parse_options
 from graphopt.pass_api import Pass
@@ -78,7 +72,7 @@ def passes_from_spec(spec: str) -> list[Pass]:
     return [parse_pass_spec(item) for item in split_spec(spec)]
 
 
-RECIPE_FILES = (".toml", ".json", ".yaml", ".yml")  # one schema: {"passes": ["name:key=value", ...]}
+RECIPE_FILES = CONFIG_SUFFIXES  # one schema in each: {"passes": ["name:key=value", ...]}
 
 
 def passes_from_recipe(recipe: str, target: str = "portable") -> list[Pass]:
@@ -92,36 +86,8 @@ def passes_from_recipe(recipe: str, target: str = "portable") -> list[Pass]:
                          "or a .toml, .json or .yaml file)")
     if not path.is_file():
         raise InputError(f"--recipe '{recipe}': no such file")
-    data = _read_recipe_file(path, recipe)
+    data = read_config(path, f"--recipe '{recipe}'")
     items = data.get("passes") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
         raise InputError(f"--recipe '{recipe}': expected a non-empty list of strings `passes = [...]`")
     return [parse_pass_spec(item) for item in items]
-
-
-def _read_recipe_file(path: Path, recipe: str):
-    """The parsed document; a syntax error is one line naming the format and the place."""
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"--recipe '{recipe}': not text ({exc})") from None
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"--recipe '{recipe}': not valid TOML ({exc})") from None
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--recipe '{recipe}': not valid JSON ({exc})") from None
-    try:
-        import yaml
-    except ImportError:
-        raise InputError(f"--recipe '{recipe}': reading YAML needs PyYAML (pip install pyyaml), "
-                         "or write the recipe as .toml or .json") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"--recipe '{recipe}': not valid YAML ({' '.join(str(exc).split())})") from None

@@ -91,6 +91,6 @@ def test_yaml_recipe_without_pyyaml_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml -> ImportError
     recipe = tmp_path / "r.yaml"
     recipe.write_text("passes:\n  - cleanup\n")
-    with pytest.raises(InputError, match=r"reading YAML needs PyYAML \(pip install pyyaml\), or write the recipe "
+    with pytest.raises(InputError, match=r"reading YAML needs PyYAML \(pip install pyyaml\), or write the file "
                                          r"as \.toml or \.json$"):
         passes_from_recipe(str(recipe))

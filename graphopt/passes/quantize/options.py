@@ -9,7 +9,9 @@ from typing import Literal
 
 from graphopt.exclusion import check_pattern
 from graphopt.passes.quantize.calibration import CalibrationOptions
-from graphopt.passes.quantize.profiles import QuantProfile, TensorType, get_profile
+from graphopt.errors import InputError
+from graphopt.passes.quantize.profile_files import is_profile_file, load_profile
+from graphopt.passes.quantize.profiles import PROFILES, QuantProfile, TensorType, get_profile
 from graphopt.passes.quantize.ranges import parse_overrides
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
@@ -17,7 +19,7 @@ Method = Literal["minmax", "percentile", "entropy", "mse"]
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    profile: Literal["ort-cpu", "tensorrt", "openvino"] = "ort-cpu"
+    profile: str = "ort-cpu"  # ort-cpu|tensorrt|openvino, or a .toml/.json/.yaml profile file
     method: Method = "percentile"
     percentile: float = 99.999
     per_channel: bool = True
@@ -41,6 +43,18 @@ class QuantizeOptions:
     speed_margin: float = 0.03  # a block-ratio quartile beyond 1 -/+ this calls int8 faster / slower
     threads: int = 0  # ORT intra-op threads for the speed check (0: ORT's default)
 
+    def target_profile(self) -> QuantProfile:
+        """The built-in profile `profile` names, or the one its file describes (profile_files.py)."""
+        if is_profile_file(self.profile):
+            try:
+                return load_profile(self.profile)
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile: expected one of {', '.join(PROFILES)} or a profile file "
+                             f"(.toml, .json, .yaml), got '{self.profile}'")
+        return get_profile(self.profile)
+
     def calibration(self, symmetric: bool) -> CalibrationOptions:
         """The calibration engine's options for this run's method, percentile and memory cap;
         `symmetric`: the activation type's (int8 symmetric: 128 entropy levels, else 256)."""
@@ -48,6 +62,7 @@ class QuantizeOptions:
                                   num_quant_bins=128 if symmetric else 256, max_bytes=self.calib_max_bytes)
 
     def validate(self) -> None:
+        self.target_profile()
         if self.calib_max_bytes < 2**20:
             raise ValueError("calib_max_bytes must be at least 1 MiB")
         self.calibration(symmetric=False).validate()  # method, percentile (symmetric: valid either way)
@@ -65,7 +80,7 @@ class QuantizeOptions:
 
 def resolve_profile(options: QuantizeOptions) -> QuantProfile:
     """The target profile with the options' activation and weight types applied."""
-    profile = get_profile(options.profile)
+    profile = options.target_profile()
     act, weight = profile.activation, profile.weight
     if options.activation_type != "auto":
         act = TensorType(options.activation_type, symmetric=options.activation_type == "int8")
