@@ -239,41 +239,16 @@ def cmd_bench(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from graphopt.options import describe_options
-    from graphopt.registry import registered_passes
-    from graphopt.recipes import RECIPES
+    """The built-in passes and recipes, from the catalogue (graphopt.catalogue: no pass imported)."""
+    from graphopt.catalogue import catalogue_text, load_catalogue, pass_text
 
-    if args.name:
-        return _explain_pass(args.name)
-    for name, cls in registered_passes().items():
-        print(f"{name}  [{cls.tolerance.kind}]  {cls.summary}")
-        print(f"    module: {cls.__module__}.{cls.__qualname__}")
-        for opt, kind, default in describe_options(cls.Options):
-            print(f"    {opt}: {kind} = {default}")
-    print("\nrecipes:")
-    for name, items in RECIPES.items():
-        print(f"  {name}: {','.join(items)}")
-    return 0
-
-
-def _explain_pass(name: str) -> int:
-    """`graphopt passes NAME`: the pass's summary, its module's statement, each option with its
-    type (choices), default and the explanation its Options class gives."""
-    import sys as _sys
-
-    from graphopt.options import describe_options, option_notes
-    from graphopt.registry import get_pass
-
-    cls = get_pass(name)  # an unknown name: InputError listing the passes
-    doc = (_sys.modules[cls.__module__].__doc__ or "").strip()
-    print(f"{cls.name}  [{cls.tolerance.kind}]  {cls.summary}\n")
-    if doc:
-        print(doc.split("\n\n")[0] + "\n")
-    notes = option_notes(cls.Options)
-    rows = describe_options(cls.Options)
-    print("options (--passes " + f"{cls.name}:key=value;key=value):" if rows else "options: none")
-    for opt, kind, default in rows:
-        print(f"  {opt}: {kind} = {default}" + (f"\n      {notes[opt]}" if opt in notes else ""))
+    catalogue = load_catalogue()
+    if not args.name:
+        print(catalogue_text(catalogue))
+        return 0
+    if args.name not in catalogue["passes"]:
+        raise InputError(f"unknown pass '{args.name}' (known: {', '.join(catalogue['passes'])})")
+    print(pass_text(args.name, catalogue["passes"][args.name]))
     return 0
 
 
