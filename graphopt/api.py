@@ -28,6 +28,7 @@ from graphopt.manager import PassManager, RunConfig
 from graphopt.outputs import Transaction, plan_writes, write_outputs
 from graphopt.pass_api import Pass, PassContext
 from graphopt.recipes import DEFAULT_RECIPE, passes_from_recipe, passes_from_spec
+from graphopt.replay_files import ReplayPaths
 from graphopt.report import build_report, format_table
 from graphopt.run_data import RunData, is_synthetic, require_real_data, run_feeds
 from graphopt.runtime import active_custom_op_libraries, resolve_providers
@@ -57,24 +58,29 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
              providers: list[str] | None = None, bench_runs: int = 20, threads: int = 0,
              seed: int = 0, target: str = "portable", goal: str = "latency",
              reports: Iterable[str | os.PathLike] = (),
-             progress: Callable[[str], None] | None = None, max_time: float | None = None) -> OptimizeResult:
+             progress: Callable[[str], None] | None = None, max_time: float | None = None,
+             save_inputs: str | os.PathLike | None = None,
+             save_outputs: str | os.PathLike | None = None) -> OptimizeResult:
     """Run a recipe (default `lossless`, adapted to `target`) or a pass list over a model,
     verified pass by pass. `recipe="auto"` searches pass chains for the fastest (`goal=
     "latency"`) or smallest (`goal="size"`) model inside the budget (default cosine 0.99).
     `output` and every `reports` path (.html or JSON) are written together or not at all, and
     never over anything the run reads (graphopt.outputs). `max_time` (seconds): the best result
-    found within that time; the report's `max_time` names what was skipped (graphopt.deadline)."""
+    found within that time; the report's `max_time` names what was skipped (graphopt.deadline).
+    `save_inputs` / `save_outputs`: the verification feeds and the input model's outputs on them,
+    in Polygraphy's JSON (graphopt.replay_files), written with the model."""
     deadline = Deadline(max_time)  # the clock starts here
     data, calib, shapes = check_optimize_arguments(locals())
     reports = list(reports)
+    replay = ReplayPaths(save_inputs, save_outputs)
     if recipe == "auto":
         if passes is not None:
             raise InputError("give either --passes or --recipe, not both")
         return _optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes,
                               budget=budget, seed=seed, target=target, threads=threads,
-                              runs=bench_runs, reports=reports, progress=progress, deadline=deadline)
+                              runs=bench_runs, reports=reports, progress=progress, deadline=deadline, replay=replay)
     with clocked() as clock:
-        loaded = _load_checked(source, output, reports, data, calib)
+        loaded = _load_checked(source, output, reports, data, calib, replay)
         declared = check_input(loaded.model)  # contradicted declared shapes dropped before any pass
         profile = get_target(target)
         pass_list = _resolve_passes(passes, recipe, target)
@@ -91,6 +97,8 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
             if (verify != "off" or run_budget.limits) and loaded.path is not None:
                 reference = reference_outputs(loaded.path, feeds)  # ORT reads the input file as it is
                 deadline.set_reference_cost(time.perf_counter() - began)
+            if replay.outputs is not None and reference is None:  # before any pass edits an in-memory model
+                reference = _reference_on(loaded.path or loaded.model, feeds)
             declared.refuse_if_invalid(loaded.path)  # after ORT had its say on the file
             manager = _manager(pass_list, config, run, seed, progress, _search_reference(loaded, run, lossy), deadline)
             known = frozenset(structural_problems(loaded.model, checked=True))
@@ -105,13 +113,14 @@ def optimize(source: Any, output: str | os.PathLike | None = None, *,
             report["timings"] = clock.table()  # up to writing the outputs
             if deadline.summary() is not None:
                 report["max_time"] = deadline.summary()
-            write_outputs(txn, result.model, output, reports, report, progress)
+            write_outputs(txn, result.model, output, reports, report, progress, replay.texts(feeds, reference))
     return OptimizeResult(to_kind(result.model, loaded), report, Path(output) if output else None)
 
 
 def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
                   threads: int, runs: int, progress, reports: Iterable[str | os.PathLike] = (),
-                  max_time: float | None = None) -> OptimizeResult:
+                  max_time: float | None = None, save_inputs: str | os.PathLike | None = None,
+                  save_outputs: str | os.PathLike | None = None) -> OptimizeResult:
     """Try each candidate chain (graphopt.auto), measure the survivors side by side, keep the best.
     Chains that start alike (the lossless or modern clean-up) share that prefix: it runs once,
     verified, and each candidate's lossy passes run on a copy of its result."""
@@ -119,12 +128,13 @@ def optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget
     data, calib, shapes = check_optimize_arguments({**locals(), "bench_runs": runs})
     return _optimize_auto(source, output, goal=goal, data=data, calib=calib, shapes=shapes, budget=budget,
                           seed=seed, target=target, threads=threads, runs=runs, progress=progress,
-                          reports=list(reports), deadline=deadline)
+                          reports=list(reports), deadline=deadline, replay=ReplayPaths(save_inputs, save_outputs))
 
 
 @clocked_run
 def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budget, seed: int, target: str,
-                   threads: int, runs: int, progress, reports: list, deadline: Deadline) -> OptimizeResult:
+                   threads: int, runs: int, progress, reports: list, deadline: Deadline,
+                   replay: ReplayPaths = ReplayPaths()) -> OptimizeResult:
     """`optimize_auto` on arguments already checked (check_optimize_arguments)."""
     from graphopt import auto
     from graphopt.lossy import effective_budget
@@ -144,7 +154,7 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
     require_real_data(lossy, data, calib)
     say = progress or (lambda message: None)
     reports = list(reports)
-    loaded = _load_checked(source, output, reports, data, calib)
+    loaded = _load_checked(source, output, reports, data, calib, replay)
     declared = check_input(loaded.model)
     run = run_feeds(loaded, data, calib, shapes, seed, bool(lossy))
     feeds, data_info = run.verification, run.info
@@ -192,7 +202,7 @@ def _optimize_auto(source: Any, output, *, goal: str, data, calib, shapes, budge
         report["timings"] = current_table()  # up to writing the outputs
         if deadline.summary() is not None:
             report["max_time"] = deadline.summary()
-        write_outputs(txn, model, output, reports, report, progress)
+        write_outputs(txn, model, output, reports, report, progress, replay.texts(feeds, reference))
     return OptimizeResult(to_kind(model, loaded), report, Path(output) if output else None)
 
 
@@ -231,13 +241,15 @@ def _reference_on(model, feeds: list[Feed]) -> list[Feed]:
 
 
 @timed("load")
-def _load_checked(source: Any, output, reports: list | tuple = (), data=None, calib=None) -> LoadedModel:
+def _load_checked(source: Any, output, reports: list | tuple = (), data=None, calib=None,
+                  replay: ReplayPaths = ReplayPaths()) -> LoadedModel:
     """Load the model, then check what the run will write against what it reads and against
     each other (graphopt.outputs), before any pass runs."""
     loaded = load_model(source)
     plan_writes(output, reports, input_path=loaded.path, weight_files=sorted(external_data_files(loaded.model)),
                 data={"--data": data, "--calib": None if is_synthetic(calib) else calib},
-                external_likely=uses_external_data(loaded.model), libraries=active_custom_op_libraries())
+                external_likely=uses_external_data(loaded.model), libraries=active_custom_op_libraries(),
+                extra=replay.writes())
     return loaded
 
 

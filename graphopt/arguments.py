@@ -27,7 +27,7 @@ def check_optimize_arguments(args: dict[str, Any]) -> tuple[Any, Any, Any]:
     from graphopt.targets import get_target
 
     _check_passes(args.get("passes"))
-    for name in ("recipe", "output"):
+    for name in ("recipe", "output", "save_inputs", "save_outputs"):
         if args.get(name) is not None and not isinstance(args[name], (str, os.PathLike)):
             raise InputError(f"{name}: expected a string or path, got {_show(args[name])}")
     for name, choices in CHOICES.items():

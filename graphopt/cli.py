@@ -134,6 +134,12 @@ def _add_optimize(sub) -> None:
     p.add_argument("--report", action="append", default=[], metavar="PATH",
                    help="write the report here: PATH.html = a self-contained page with charts, "
                    "anything else = JSON; repeatable")
+    p.add_argument("--save-inputs", default=None, metavar="PATH.json",
+                   help="the feeds every pass was verified on, in Polygraphy's JSON (polygraphy run "
+                   "--load-inputs; graphopt --data reads it too)")
+    p.add_argument("--save-outputs", default=None, metavar="PATH.json",
+                   help="the input model's outputs on those feeds, a Polygraphy RunResults "
+                   "(polygraphy run --load-outputs): the reference graphopt verified against")
     p.add_argument("--goal", default="latency", choices=["latency", "size"],
                    help="with --recipe auto: what the search minimizes inside the budget")
     p.add_argument("--seed", type=_int_in(*SEED), default=0, help="for synthesized inputs")
@@ -173,7 +179,8 @@ def cmd_optimize(args) -> int:
     skipped = result.report["environment"]["providers"].get("skipped") or {}
     for name, why in skipped.items():
         print(f"skipped provider {name}: {why}")
-    print("wrote " + ", ".join([args.output, *args.report]))  # together, or none of them
+    saved = [p for p in (args.save_inputs, args.save_outputs) if p]
+    print("wrote " + ", ".join([args.output, *args.report, *saved]))  # together, or none of them
     return 0
 
 
@@ -193,7 +200,8 @@ def _run_optimize(args, optimize, progress):
                     calib=args.calib, shapes=args.shape, budget=args.budget, verify=args.verify,
                     on_fail=args.on_fail, bench=args.bench, providers=_split(args.providers),
                     bench_runs=args.runs, threads=args.threads, seed=args.seed, target=args.target,
-                    goal=args.goal, reports=args.report, progress=progress, max_time=args.max_time)
+                    goal=args.goal, reports=args.report, progress=progress, max_time=args.max_time,
+                    save_inputs=args.save_inputs, save_outputs=args.save_outputs)
 
 
 def cmd_inspect(args) -> int:

@@ -63,10 +63,12 @@ class WritePlan:
 def plan_writes(output: str | os.PathLike | None, reports: Iterable[str | os.PathLike] = (), *,
                 input_path: Path | None = None, weight_files: Iterable[Path] = (),
                 data: dict[str, Any] | None = None, external_likely: bool = False,
-                libraries: Iterable[str | os.PathLike] = ()) -> WritePlan:
+                libraries: Iterable[str | os.PathLike] = (),
+                extra: Iterable[tuple[str, Path]] = ()) -> WritePlan:
     """The checked write set of a run. `data` maps a flag (`--data`, `--calib`) to its path
     (a file or a directory of .npz files); non-path values are ignored. `libraries`: the
-    `--custom-ops` libraries every session loads (read, so never written over)."""
+    `--custom-ops` libraries every session loads (read, so never written over). `extra`:
+    (flag, path) of further files the run writes (`--save-inputs`, graphopt.replay_files)."""
     writes: list[Access] = []
     data_file = None
     if output is not None:
@@ -76,6 +78,7 @@ def plan_writes(output: str | os.PathLike | None, reports: Iterable[str | os.Pat
                            "external data)")
         writes.append(data_file)
     writes += [Access(Path(r), f"--report {r}") for r in reports]
+    writes += [Access(path, f"{flag} {path}") for flag, path in extra]
     reads: list[Access] = []
     if input_path is not None:
         reads.append(Access(Path(input_path), "the input model"))
@@ -170,15 +173,20 @@ def _probe(folder: Path, label: str) -> None:
 
 @timed("save")
 def write_outputs(txn: Transaction, model: ir.Model, output: str | os.PathLike | None, reports: list,
-                  report: dict[str, Any], progress: Callable[[str], None] | None = None) -> None:
-    """Stage the model (and its .data) and every report, then rename them into place together.
-    A full disk or a refused write is the user's environment (exit 2), and nothing appears."""
-    for is_model, path in ([(True, output)] if output is not None else []) + [(False, r) for r in reports]:
+                  report: dict[str, Any], progress: Callable[[str], None] | None = None,
+                  texts: dict[Path, str] | None = None) -> None:
+    """Stage the model (and its .data), every report and the `texts` ({path: contents}), then
+    rename them into place together. A full disk or a refused write is the user's environment
+    (exit 2), and nothing appears."""
+    staged = ([(True, output)] if output is not None else []) + [(False, r) for r in reports]
+    for is_model, path in staged + [(None, p) for p in (texts or {})]:
         try:
             if is_model:
                 if progress:
                     progress(f"saving {output}")
                 stage_model(txn, model, Path(output))
+            elif is_model is None:
+                txn.write_text(path, texts[path])
             else:
                 txn.write_text(path, render_report(report, path))
         except OSError as exc:
