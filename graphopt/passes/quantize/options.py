@@ -15,6 +15,8 @@ from graphopt.passes.quantize.profiles import PROFILES, QuantProfile, TensorType
 from graphopt.passes.quantize.ranges import parse_overrides
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
+SIXTEEN_BIT = ("uint16", "int16")
+SIXTEEN_BIT_OPSET = 21  # QuantizeLinear / DequantizeLinear with 16-bit integers
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class QuantizeOptions:
     method: Method = "percentile"
     percentile: float = 99.999
     per_channel: bool = True
-    activation_type: Literal["auto", "uint8", "int8"] = "auto"  # auto: the profile's
+    activation_type: Literal["auto", "uint8", "int8", "uint16", "int16"] = "auto"  # auto: the profile's; 16-bit needs opset 21
     weight_type: Literal["auto", "int8", "uint8"] = "auto"
     weight_bits: int = 0  # 0: the profile's (ort-cpu: 7 on AVX2 without VNNI, else 8)
     exclude_nodes: tuple[str, ...] = ()
@@ -74,6 +76,10 @@ class QuantizeOptions:
             raise ValueError("max_fallback, sqnr_batches and threads must be >= 0")
         if self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
             raise ValueError("speed_runs must be >= 1 and speed_margin in [0, 1)")
+        activation = resolve_profile(self).activation.dtype
+        if activation in SIXTEEN_BIT and self.method in ("entropy", "mse"):
+            raise ValueError(f"method={self.method} models 8-bit activations; with {activation} activations "
+                             "use minmax or percentile")
         check_pattern(self.exclude_regex)
         parse_overrides(self.overrides)
 
@@ -83,11 +89,23 @@ def resolve_profile(options: QuantizeOptions) -> QuantProfile:
     profile = options.target_profile()
     act, weight = profile.activation, profile.weight
     if options.activation_type != "auto":
-        act = TensorType(options.activation_type, symmetric=options.activation_type == "int8")
+        act = TensorType(options.activation_type, symmetric=options.activation_type in ("int8", "int16"))
     if options.weight_type != "auto" or options.weight_bits:
         weight = TensorType(options.weight_type if options.weight_type != "auto" else weight.dtype, True,
                             options.weight_bits or weight.bits)
-    return replace(profile, activation=act, weight=weight)
+    # a Relu folds into the Q after it only where the Q's range starts at 0 (asymmetric: z = qmin);
+    # a symmetric Q keeps the negative half, so absorbing the Relu would let negatives through
+    profile = replace(profile, activation=act, weight=weight, fold_relu=profile.fold_relu and not act.symmetric)
+    return with_sixteen_bit_rules(profile) if act.dtype in SIXTEEN_BIT else profile
+
+
+def with_sixteen_bit_rules(profile: QuantProfile) -> QuantProfile:
+    """16-bit activations: QuantizeLinear/DequantizeLinear take them from opset 21; no CPU integer
+    kernel reads them (the Q/DQ pairs run as written), so there is nothing to time against float;
+    and an int32 bias at scale s_x·s_w would overflow where s_x is 256x finer, so biases stay float."""
+    return replace(profile, min_opset=max(profile.min_opset, SIXTEEN_BIT_OPSET), latency_check=False,
+                   bias_int32=False, notes=(*profile.notes, "16-bit activations: opset >= 21, float bias, "
+                                            "no latency check (no integer kernel runs them on CPU)"))
 
 
 __all__ = ["Method", "QuantizeOptions", "resolve_profile"]

@@ -32,7 +32,7 @@ from graphopt.passes.quantize.profiles import PROFILES, OpRule, QuantProfile, Te
 from graphopt.runtime import PROVIDERS
 
 ROLES = ("compute", "activation", "elementwise", "shared", "embedding")
-DTYPES = ("uint8", "int8")
+DTYPES = {"activation": ("uint8", "int8", "uint16", "int16"), "weight": ("uint8", "int8")}
 TOP_FIELDS = {"base", "name", "description", "activation", "weight", "ops", "drop_ops", "fold_relu",
               "bias_int32", "min_opset", "latency_check", "latency_provider", "gemm_bias"}
 SCALARS = {"fold_relu": bool, "bias_int32": bool, "latency_check": bool, "gemm_bias": bool,
@@ -134,12 +134,12 @@ def _tensor_type(value: Any, key: str) -> TensorType:
     unknown = sorted(set(value) - {"dtype", "symmetric", "bits"})
     if unknown:
         raise ValueError(f"{key}: unknown field(s) {', '.join(unknown)} (known: bits, dtype, symmetric)")
-    if value.get("dtype") not in DTYPES:
-        raise ValueError(f"{key}.dtype: expected one of {', '.join(DTYPES)}, got {value.get('dtype')!r}")
+    if value.get("dtype") not in DTYPES[key]:
+        raise ValueError(f"{key}.dtype: expected one of {', '.join(DTYPES[key])}, got {value.get('dtype')!r}")
     bits = _scalar(value.get("bits", 8), int, f"{key}.bits")
     if bits not in (7, 8):
         raise ValueError(f"{key}.bits: expected 7 or 8, got {bits}")
-    return TensorType(value["dtype"], _scalar(value.get("symmetric", value["dtype"] == "int8"), bool,
+    return TensorType(value["dtype"], _scalar(value.get("symmetric", value["dtype"].startswith("int")), bool,
                                               f"{key}.symmetric"), bits)
 
 

@@ -5,6 +5,9 @@ Affine quantization (ONNX QuantizeLinear / DequantizeLinear):
 - Activations, asymmetric UINT8 over a real range [lo, hi] (widened to contain 0, so that 0 is
   exact, which zero padding and Relu need): s = (hi - lo) / 255, z = round(-lo / s) in [0, 255].
 - Activations, symmetric INT8: s = max(|lo|, |hi|) / 127, z = 0.
+- 16-bit activations (UINT16 / INT16, opset 21) the same way with 65535 steps (asymmetric) or
+  s = max(|lo|, |hi|) / 32767 (symmetric): 256x finer than 8 bits, for targets (NPUs) that
+  run 16-bit activations with 8-bit weights.
 - Weights, symmetric per output channel c with B magnitude bits (qmax = 2^(B-1) - 1):
   s_c = max|W_c| / qmax, q = clip(round(W / s_c), -qmax, qmax), z = 0 (UINT8 weights: z = 128).
 - Bias as INT32 with s_b,c = s_x · s_w,c and z = 0, so the integer kernel adds it to the int32
@@ -58,10 +61,11 @@ def activation_params(lo: float, hi: float, qtype: TensorType) -> QParams:
     lo, hi = safe_range(lo, hi)
     dtype = qtype.np_dtype
     qmin, qmax = _limits(dtype)
-    if qtype.symmetric:
+    if qtype.symmetric:  # signed: z = 0; unsigned (uint8, uint16): z at mid-range, 128 or 32768
+        signed = qmin < 0
         bound = max(-lo, hi)
-        scale = bound / (qmax if dtype == np.int8 else 127.0) if bound > 0 else 1.0
-        zero = 0 if dtype == np.int8 else 128
+        scale = bound / (qmax if signed else (qmax - qmin) // 2) if bound > 0 else 1.0
+        zero = 0 if signed else (qmax + 1) // 2
     else:
         scale = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
         zero = int(np.clip(np.round(qmin - lo / scale), qmin, qmax))

@@ -42,7 +42,7 @@ from graphopt.lossy import budget_share, effective_budget
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.passes.quantize.gemm import matmul_bias_to_gemm
 from graphopt.passes.quantize.job import Builder, QuantJob
-from graphopt.passes.quantize.options import QuantizeOptions, resolve_profile
+from graphopt.passes.quantize.options import SIXTEEN_BIT, SIXTEEN_BIT_OPSET, QuantizeOptions, resolve_profile
 from graphopt.passes.quantize.plan import Plan
 from graphopt.passes.quantize.profiles import PROFILES, QuantProfile
 from graphopt.passes.quantize.ranges import parse_overrides, tensor_sqnr
@@ -72,6 +72,9 @@ class Quantize(Pass):
             return skipped
         opts, profile = self.options, resolve_profile(self.options)
         work, opset_note = _prepared(model, ctx, opts, profile)
+        if profile.activation.dtype in SIXTEEN_BIT and default_opset(work) < SIXTEEN_BIT_OPSET:
+            return PassResult(model, False, {"skipped": f"16-bit activations need opset {SIXTEEN_BIT_OPSET}: "
+                                                        f"{opset_note}"})
         job = QuantJob(model, work, opts, profile, ctx, opts.calibration(profile.activation.symmetric),
                        per_channel=opts.per_channel and default_opset(work) >= 13,
                        overrides=parse_overrides(opts.overrides),
@@ -107,12 +110,14 @@ def _prepared(model: ir.Model, ctx: PassContext, options: QuantizeOptions,
     (per-channel DequantizeLinear has `axis` from 13), with every value typed."""
     current = default_opset(model)
     work, note = model.clone(), ""
-    if current < profile.min_opset and options.per_channel:
+    sixteen = profile.activation.dtype in SIXTEEN_BIT
+    if current < profile.min_opset and (options.per_channel or sixteen):
         from graphopt.passes.opset import RaiseOpset
 
+        why = "16-bit QuantizeLinear needs 21" if sixteen else "per-channel DequantizeLinear needs 13"
         try:
             RaiseOpset(target=profile.min_opset).run(work, ctx)
-            note = f"opset raised {current} -> {profile.min_opset} (per-channel DequantizeLinear needs 13)"
+            note = f"opset raised {current} -> {profile.min_opset} ({why})"
         except Exception as exc:  # noqa: BLE001  (a converter gap: quantize per tensor instead)
             work = model.clone()
             note = f"opset {current} kept (raising it failed: {exc}); weights per tensor, not per channel"

@@ -43,6 +43,15 @@ output = true
     assert profile.latency_check is False
 
 
+def test_a_profile_with_16_bit_activations_gets_their_rules(tmp_path):
+    from graphopt.passes.quantize.options import QuantizeOptions, resolve_profile
+
+    path = _write(tmp_path, "a16w8.json", json.dumps({**GEMM_ONLY, "activation": {"dtype": "uint16"}}))
+    profile = resolve_profile(QuantizeOptions(profile=path))
+    assert profile.activation.dtype == "uint16" and not profile.activation.symmetric
+    assert profile.min_opset == 21 and not profile.bias_int32 and not profile.latency_check
+
+
 def test_a_standalone_json_profile_places_qdq_as_it_says(tmp_path):
     path = _write(tmp_path, "gemm.json", json.dumps(GEMM_ONLY))
     proto = _conv_and_gemm_model()
@@ -59,7 +68,8 @@ def test_a_standalone_json_profile_places_qdq_as_it_says(tmp_path):
     ('base = "tensorrt"\nfold_reul = true\n', "unknown field(s) fold_reul"),
     ('base = "tensorrt"\n[ops.Conv]\nrole = "computer"\n', "ops.Conv.role: expected one of compute"),
     ('base = "tensorrt"\n[ops.Conv]\nrole = "compute"\nweight = -1\n', "ops.Conv.weight: expected an input index"),
-    ('base = "tensorrt"\nactivation = {dtype = "int16"}\n', "activation.dtype: expected one of uint8, int8"),
+    ('base = "tensorrt"\nactivation = {dtype = "int4"}\n', "activation.dtype: expected one of uint8, int8, uint16, int16"),
+    ('base = "tensorrt"\nweight = {dtype = "int16"}\n', "weight.dtype: expected one of uint8, int8"),
     ('base = "tensorrt"\nweight = {dtype = "int8", bits = 4}\n', "weight.bits: expected 7 or 8"),
     ('base = "qnn"\n', "base: expected one of ort-cpu, tensorrt, openvino"),
     ('description = "no base"\n', "without `base`, activation, weight, ops must be given"),
