@@ -20,8 +20,8 @@ import onnx_ir as ir
 
 from graphopt.passes.quantize.plan import Plan, Unit, clip_bounds, constant_array, is_constant
 from graphopt.passes.quantize.profiles import QuantProfile, TensorType
-from graphopt.passes.quantize.qdq import (QdqWriter, QParams, activation_params, bias_params, weight_params,
-                                       weight_sqnr)
+from graphopt.passes.quantize.qdq import (QdqWriter, QParams, activation_params, bias_params, to_quantized,
+                                       weight_params, weight_sqnr)
 
 
 @dataclass
@@ -126,9 +126,7 @@ def _values(graph: ir.Graph) -> dict[str, ir.Value]:
 
 
 def _quantize_constant(array: np.ndarray, qp: QParams) -> np.ndarray:
-    info = np.iinfo(qp.dtype)
-    q = np.round(array.astype(np.float32) / qp.scale) + qp.zero_point.astype(np.float32)
-    return np.clip(q, info.min, info.max).astype(qp.dtype)
+    return to_quantized(array.astype(np.float32) / qp.scale, qp.zero_point, qp.dtype)
 
 
 def _all_read_dq(value: ir.Value, plan: Plan) -> bool:

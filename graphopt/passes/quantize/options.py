@@ -11,12 +11,13 @@ from graphopt.exclusion import check_pattern
 from graphopt.passes.quantize.calibration import CalibrationOptions
 from graphopt.errors import InputError
 from graphopt.passes.quantize.profile_files import is_profile_file, load_profile
-from graphopt.passes.quantize.profiles import PROFILES, QuantProfile, TensorType, get_profile
+from graphopt.passes.quantize.profiles import FLOAT8, PROFILES, QuantProfile, TensorType, get_profile
 from graphopt.passes.quantize.ranges import parse_overrides
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
 SIXTEEN_BIT = ("uint16", "int16")
 SIXTEEN_BIT_OPSET = 21  # QuantizeLinear / DequantizeLinear with 16-bit integers
+FLOAT8_OPSET = 19  # ... with float8 types
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class QuantizeOptions:
     method: Method = "percentile"
     percentile: float = 99.999
     per_channel: bool = True
-    activation_type: Literal["auto", "uint8", "int8", "uint16", "int16"] = "auto"  # auto: the profile's; 16-bit needs opset 21
-    weight_type: Literal["auto", "int8", "uint8"] = "auto"
+    activation_type: Literal["auto", "uint8", "int8", "uint16", "int16", "float8e4m3fn"] = "auto"  # auto: the profile's
+    weight_type: Literal["auto", "int8", "uint8", "float8e4m3fn"] = "auto"  # float8e4m3fn: FP8, opset 19
     weight_bits: int = 0  # 0: the profile's (ort-cpu: 7 on AVX2 without VNNI, else 8)
     exclude_nodes: tuple[str, ...] = ()
     exclude_ops: tuple[str, ...] = ()
@@ -77,9 +78,11 @@ class QuantizeOptions:
         if self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
             raise ValueError("speed_runs must be >= 1 and speed_margin in [0, 1)")
         activation = resolve_profile(self).activation.dtype
-        if activation in SIXTEEN_BIT and self.method in ("entropy", "mse"):
-            raise ValueError(f"method={self.method} models 8-bit activations; with {activation} activations "
-                             "use minmax or percentile")
+        if activation in (*SIXTEEN_BIT, *FLOAT8) and self.method in ("entropy", "mse"):
+            raise ValueError(f"method={self.method} models 8-bit integer activations; with {activation} "
+                             "activations use minmax or percentile")
+        if self.weight_type in FLOAT8 and self.weight_bits:
+            raise ValueError(f"weight_bits applies to integer weights, not {self.weight_type}")
         check_pattern(self.exclude_regex)
         parse_overrides(self.overrides)
 
@@ -89,14 +92,35 @@ def resolve_profile(options: QuantizeOptions) -> QuantProfile:
     profile = options.target_profile()
     act, weight = profile.activation, profile.weight
     if options.activation_type != "auto":
-        act = TensorType(options.activation_type, symmetric=options.activation_type in ("int8", "int16"))
+        act = TensorType(options.activation_type, symmetric=options.activation_type != "uint8"
+                         and options.activation_type != "uint16")
     if options.weight_type != "auto" or options.weight_bits:
         weight = TensorType(options.weight_type if options.weight_type != "auto" else weight.dtype, True,
                             options.weight_bits or weight.bits)
     # a Relu folds into the Q after it only where the Q's range starts at 0 (asymmetric: z = qmin);
     # a symmetric Q keeps the negative half, so absorbing the Relu would let negatives through
     profile = replace(profile, activation=act, weight=weight, fold_relu=profile.fold_relu and not act.symmetric)
+    if act.is_float8 or weight.is_float8:
+        profile = with_float8_rules(profile)
     return with_sixteen_bit_rules(profile) if act.dtype in SIXTEEN_BIT else profile
+
+
+def with_float8_rules(profile: QuantProfile) -> QuantProfile:
+    """FP8 (E4M3FN) Q/DQ: QuantizeLinear/DequantizeLinear take float8 from opset 19; a bias stays
+    float (there is no int32 bias for float8 kernels); Gather from a float8 table has no CPU
+    kernel, so embeddings stay float; and no CPU kernel computes in float8, so there is nothing
+    to time against float here (TensorRT on Hopper-class GPUs runs these graphs)."""
+    ops = {op: rule for op, rule in profile.ops.items() if rule.role != "embedding"}
+    return replace(profile, min_opset=max(profile.min_opset, FLOAT8_OPSET), latency_check=False,
+                   bias_int32=False, ops=ops, notes=(*profile.notes, "float8: opset >= 19, float bias, "
+                                                     "embeddings float, no latency check", ORT_FLOAT8_RELU))
+
+
+# measured on ORT 1.32 (tests/passes/quantize/test_float8.py); TensorRT, the target, is not affected
+ORT_FLOAT8_RELU = ("checking a float8 model on ONNX Runtime's CPU EP: its ReluQuantRewrite optimizer drops a Relu "
+                   "in front of a float8 QuantizeLinear (as if the Q clipped at 0, as uint8 does), so run it with "
+                   "disabled_optimizers=['ReluQuantRewrite'] or ORT_ENABLE_BASIC; graphopt's own checks run "
+                   "without graph optimizations")
 
 
 def with_sixteen_bit_rules(profile: QuantProfile) -> QuantProfile:

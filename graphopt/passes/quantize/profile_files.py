@@ -32,7 +32,7 @@ from graphopt.passes.quantize.profiles import PROFILES, OpRule, QuantProfile, Te
 from graphopt.runtime import PROVIDERS
 
 ROLES = ("compute", "activation", "elementwise", "shared", "embedding")
-DTYPES = {"activation": ("uint8", "int8", "uint16", "int16"), "weight": ("uint8", "int8")}
+DTYPES = {"activation": ("uint8", "int8", "uint16", "int16", "float8e4m3fn"), "weight": ("uint8", "int8", "float8e4m3fn")}
 TOP_FIELDS = {"base", "name", "description", "activation", "weight", "ops", "drop_ops", "fold_relu",
               "bias_int32", "min_opset", "latency_check", "latency_provider", "gemm_bias"}
 SCALARS = {"fold_relu": bool, "bias_int32": bool, "latency_check": bool, "gemm_bias": bool,

@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
+import ml_dtypes
 import numpy as np
 
 from graphopt.runtime import cpu_flags
@@ -55,15 +56,22 @@ class OpRule:
     skip_fused: bool = False  # activation ops: leave operands a compute op produces to the runtime's fusion
 
 
+FLOAT8 = {"float8e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn)}  # name -> numpy dtype (ml_dtypes)
+
+
 @dataclass(frozen=True)
 class TensorType:
-    dtype: str  # uint8 | int8
+    dtype: str  # uint8 | int8 | uint16 | int16 (activations) | float8e4m3fn
     symmetric: bool
-    bits: int = 8  # magnitude bits of symmetric weights (7 = ORT's reduce_range)
+    bits: int = 8  # magnitude bits of symmetric integer weights (7 = ORT's reduce_range)
 
     @property
     def np_dtype(self):
-        return np.dtype(self.dtype)
+        return FLOAT8.get(self.dtype) or np.dtype(self.dtype)
+
+    @property
+    def is_float8(self) -> bool:
+        return self.dtype in FLOAT8
 
 
 @dataclass(frozen=True)

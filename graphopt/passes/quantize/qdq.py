@@ -5,6 +5,8 @@ Affine quantization (ONNX QuantizeLinear / DequantizeLinear):
 - Activations, asymmetric UINT8 over a real range [lo, hi] (widened to contain 0, so that 0 is
   exact, which zero padding and Relu need): s = (hi - lo) / 255, z = round(-lo / s) in [0, 255].
 - Activations, symmetric INT8: s = max(|lo|, |hi|) / 127, z = 0.
+- FP8 E4M3FN (opset 19, activations and/or weights): z = 0, s = max|x| / 448 (per channel for
+  weights), q = the nearest float8 of clip(x / s, ±448), what QuantizeLinear computes.
 - 16-bit activations (UINT16 / INT16, opset 21) the same way with 65535 steps (asymmetric) or
   s = max(|lo|, |hi|) / 32767 (symmetric): 256x finer than 8 bits, for targets (NPUs) that
   run 16-bit activations with 8-bit weights.
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.quantize.profiles import TensorType
+from graphopt.passes.quantize.profiles import FLOAT8, TensorType
 
 INT32_MAX = 2**31 - 1
 
@@ -44,9 +46,26 @@ class QParams:
         return self.zero_point.dtype
 
 
-def _limits(dtype: np.dtype) -> tuple[int, int]:
+def is_float8(dtype: np.dtype) -> bool:
+    return np.dtype(dtype) in FLOAT8.values()
+
+
+def _limits(dtype: np.dtype) -> tuple[float, float]:
+    if is_float8(dtype):
+        top = float(np.finfo(dtype).max)  # E4M3FN: 448
+        return -top, top
     info = np.iinfo(dtype)
     return int(info.min), int(info.max)
+
+
+def to_quantized(scaled: np.ndarray, zero: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """saturate(round(x / s) + z) in `dtype`, given x / s: integers round half to even and clip to
+    the type; float8 (z = 0) clips to its largest finite value and rounds to the nearest float8,
+    as QuantizeLinear does with saturate=1."""
+    low, high = _limits(dtype)
+    if is_float8(dtype):
+        return np.clip(scaled, low, high).astype(dtype)
+    return np.clip(np.round(scaled) + zero.astype(np.float32), low, high).astype(dtype)
 
 
 def safe_range(lo: float, hi: float) -> tuple[float, float]:
@@ -61,6 +80,9 @@ def activation_params(lo: float, hi: float, qtype: TensorType) -> QParams:
     lo, hi = safe_range(lo, hi)
     dtype = qtype.np_dtype
     qmin, qmax = _limits(dtype)
+    if qtype.is_float8:  # s = max|x| / 448, z = 0 (float8 has no zero-point offset)
+        bound = max(-lo, hi)
+        return QParams(np.array(bound / qmax if bound > 0 else 1.0, np.float32), np.zeros((), dtype))
     if qtype.symmetric:  # signed: z = 0; unsigned (uint8, uint16): z at mid-range, 128 or 32768
         signed = qmin < 0
         bound = max(-lo, hi)
@@ -75,7 +97,7 @@ def activation_params(lo: float, hi: float, qtype: TensorType) -> QParams:
 def weight_params(weight: np.ndarray, axis: int | None, qtype: TensorType) -> tuple[QParams, np.ndarray]:
     """Symmetric (per-channel along `axis`, or per-tensor when None) scales and the quantized weight."""
     w = np.nan_to_num(weight.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    qmax = 2 ** (qtype.bits - 1) - 1
+    qmax = _limits(qtype.np_dtype)[1] if qtype.is_float8 else 2 ** (qtype.bits - 1) - 1
     if axis is None:
         amax = np.array(np.max(np.abs(w), initial=0.0), np.float32)
     else:
@@ -87,8 +109,11 @@ def weight_params(weight: np.ndarray, axis: int | None, qtype: TensorType) -> tu
 
 def _quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int | None,
                      qtype: TensorType) -> tuple[QParams, np.ndarray]:
-    qmax = 2 ** (qtype.bits - 1) - 1
     shaped = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
+    if qtype.is_float8:
+        zero = np.zeros(scale.shape, qtype.np_dtype)
+        return QParams(scale, zero, axis), to_quantized(w / shaped, zero, qtype.np_dtype)
+    qmax = 2 ** (qtype.bits - 1) - 1
     q = np.clip(np.round(w / shaped), -qmax, qmax)
     offset = 0 if qtype.dtype == "int8" else 128
     zero = np.full(scale.shape, offset, qtype.np_dtype)
@@ -118,8 +143,7 @@ def bias_params(bias: np.ndarray, x_scale: float, w: QParams, weight: np.ndarray
 
 def fake_quantize(x: np.ndarray, qp: QParams) -> np.ndarray:
     """DequantizeLinear(QuantizeLinear(x)) in numpy (per-tensor params)."""
-    qmin, qmax = _limits(qp.dtype)
-    q = np.clip(np.round(x / qp.scale) + qp.zero_point.astype(np.float32), qmin, qmax)
+    q = to_quantized(x / qp.scale, qp.zero_point, qp.dtype).astype(np.float32)
     return (q - qp.zero_point.astype(np.float32)) * qp.scale
 
 

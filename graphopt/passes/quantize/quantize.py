@@ -42,7 +42,7 @@ from graphopt.lossy import budget_share, effective_budget
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.passes.quantize.gemm import matmul_bias_to_gemm
 from graphopt.passes.quantize.job import Builder, QuantJob
-from graphopt.passes.quantize.options import SIXTEEN_BIT, SIXTEEN_BIT_OPSET, QuantizeOptions, resolve_profile
+from graphopt.passes.quantize.options import SIXTEEN_BIT, QuantizeOptions, resolve_profile
 from graphopt.passes.quantize.plan import Plan
 from graphopt.passes.quantize.profiles import PROFILES, QuantProfile
 from graphopt.passes.quantize.ranges import parse_overrides, tensor_sqnr
@@ -54,6 +54,7 @@ from graphopt.tolerance import Lossy
 
 NAME = "quantize"
 NOT_SEARCHED = {"measured": False, "reason": "not searched: int8 is slower even fully quantized"}
+PER_CHANNEL_OPSET = 13  # DequantizeLinear has `axis` from 13: the profiles' floor
 
 
 class Quantize(Pass):
@@ -61,7 +62,14 @@ class Quantize(Pass):
     summary = "static INT8 by Q/DQ insertion (profiles: " + ", ".join(PROFILES) + "), sized to the budget"
     Options = QuantizeOptions
     tolerance = Lossy()
-    deployed_numerics = True  # ORT_ENABLE_ALL runs integer kernels: verified there too
+
+    @property
+    def deployed_numerics(self) -> bool:
+        """ORT_ENABLE_ALL runs 8-bit integer kernels, so the result is verified there too; for
+        float8 and 16-bit types ORT CPU has no such kernels (the targets are GPUs and NPUs), and
+        its rewrites would only be judged on what they get wrong (options.ORT_FLOAT8_RELU)."""
+        profile = resolve_profile(self.options)
+        return not (profile.activation.is_float8 or profile.weight.is_float8 or profile.activation.dtype in SIXTEEN_BIT)
 
     def requires(self, model: ir.Model, ctx: PassContext) -> str | None:
         current = default_opset(model)
@@ -72,9 +80,8 @@ class Quantize(Pass):
             return skipped
         opts, profile = self.options, resolve_profile(self.options)
         work, opset_note = _prepared(model, ctx, opts, profile)
-        if profile.activation.dtype in SIXTEEN_BIT and default_opset(work) < SIXTEEN_BIT_OPSET:
-            return PassResult(model, False, {"skipped": f"16-bit activations need opset {SIXTEEN_BIT_OPSET}: "
-                                                        f"{opset_note}"})
+        if _type_opset(profile) and default_opset(work) < profile.min_opset:
+            return PassResult(model, False, {"skipped": f"{_type_opset(profile)}: {opset_note}"})
         job = QuantJob(model, work, opts, profile, ctx, opts.calibration(profile.activation.symmetric),
                        per_channel=opts.per_channel and default_opset(work) >= 13,
                        overrides=parse_overrides(opts.overrides),
@@ -110,11 +117,11 @@ def _prepared(model: ir.Model, ctx: PassContext, options: QuantizeOptions,
     (per-channel DequantizeLinear has `axis` from 13), with every value typed."""
     current = default_opset(model)
     work, note = model.clone(), ""
-    sixteen = profile.activation.dtype in SIXTEEN_BIT
-    if current < profile.min_opset and (options.per_channel or sixteen):
+    typed = _type_opset(profile)
+    if current < profile.min_opset and (options.per_channel or typed):
         from graphopt.passes.opset import RaiseOpset
 
-        why = "16-bit QuantizeLinear needs 21" if sixteen else "per-channel DequantizeLinear needs 13"
+        why = typed or "per-channel DequantizeLinear needs 13"
         try:
             RaiseOpset(target=profile.min_opset).run(work, ctx)
             note = f"opset raised {current} -> {profile.min_opset} ({why})"
@@ -124,6 +131,14 @@ def _prepared(model: ir.Model, ctx: PassContext, options: QuantizeOptions,
             ctx.no_match(NAME, "model", note)
     ctx.analysis(Shapes, work)  # placement needs every value's type
     return work, note
+
+
+def _type_opset(profile: QuantProfile) -> str:
+    """Why the profile's types need a newer opset than per-channel Q/DQ does ('' when they do not)."""
+    if profile.min_opset <= PER_CHANNEL_OPSET:
+        return ""
+    types = sorted({t.dtype for t in (profile.activation, profile.weight) if t.is_float8 or t.dtype in SIXTEEN_BIT})
+    return f"{' and '.join(types)} Q/DQ needs opset {profile.min_opset}"
 
 
 def _feeds_and_smoothing(job: QuantJob) -> None:

@@ -16,9 +16,13 @@ from graphopt.recipes import parse_pass_spec
 from tests.passes.quantize.test_quantize import _conv_and_gemm_model, _feeds, quantize
 
 
-def _worst_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: list[dict]) -> float:
+def _worst_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: list[dict],
+                 disabled: tuple[str, ...] = ()) -> float:
+    """Largest |difference| of any output on `feeds`, ORT CPU with its default optimizations
+    (less `disabled`)."""
     a = ort.InferenceSession(reference.SerializeToString(), providers=["CPUExecutionProvider"])
-    b = ort.InferenceSession(candidate.SerializeToString(), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(candidate.SerializeToString(), providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(disabled))
     return max(float(np.abs(x - y).max()) for f in feeds for x, y in zip(a.run(None, f), b.run(None, f)))
 
 
@@ -63,5 +67,5 @@ def test_symmetric_activations_keep_the_relu_they_cannot_clip():
 def test_sixteen_bit_rules_and_refusals():
     profile = resolve_profile(QuantizeOptions(activation_type="uint16"))
     assert profile.min_opset == 21 and not profile.latency_check and not profile.bias_int32
-    with pytest.raises(InputError, match="method=entropy models 8-bit activations; with int16 activations"):
+    with pytest.raises(InputError, match="method=entropy models 8-bit integer activations; with int16 activations"):
         parse_pass_spec("quantize:activation_type=int16;method=entropy")

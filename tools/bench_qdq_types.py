@@ -1,14 +1,16 @@
-"""8-bit vs 16-bit activations (both with 8-bit per-channel weights) on the repo's real task models:
-what `quantize:activation_type=uint16` buys in task fidelity, for targets that run A16W8 (NPUs).
+"""Q/DQ types side by side on the repo's real task models: 8-bit vs 16-bit activations (both with
+8-bit per-channel weights) on the ort-cpu placement, and symmetric int8 vs FP8 E4M3FN on the
+tensorrt placement: what each type costs in task fidelity.
 
 Each row: the `modern` recipe then `quantize` with MinMax ranges over the task's calibration feeds,
-every node quantized (fallback and speed check off, so the two rows differ in activation bits
-only), judged on the task's held-out feeds with its own metric (models/tasks.py: MiniLM worst /
-mean sentence cosine, PP-OCR rec decoded-line agreement, det text-map agreement, cls top-1) and
-the worst-sample output cosine. No latency column: ONNX Runtime's CPU EP has no 16-bit integer
-kernels, so its A16W8 model runs the Q/DQ pairs as written (timing it would measure that).
+every node quantized (fallback and speed check off, so rows of one placement differ in types
+only), judged on the task's held-out feeds with its own metric (models/tasks.py: MiniLM worst
+sentence cosine, PP-OCR rec decoded-line agreement, det text-map agreement, cls top-1) and the
+worst-sample output cosine, with ORT graph optimizations off (the graph as written). No latency
+column: ONNX Runtime's CPU EP has no 16-bit or FP8 kernels, so timing those would measure Q/DQ
+simulation.
 
-Usage: python tools/bench_activation_bits.py [--models minilm,rec,det,cls]
+Usage: python tools/bench_qdq_types.py [--models minilm,rec,det,cls]
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ from graphopt.recipes import RECIPES  # noqa: E402
 from graphopt.report import cpu_line  # noqa: E402
 from graphopt.verify import reference_outputs  # noqa: E402
 
-VARIANTS = {"A8W8 (uint8)": "quantize:method=minmax;fallback=false;speed_check=false",
-            "A16W8 (uint16)": "quantize:method=minmax;fallback=false;activation_type=uint16"}
+EVERY_NODE = "quantize:method=minmax;fallback=false;speed_check=false"
+VARIANTS = {"ort-cpu A8W8 (uint8 act)": EVERY_NODE,
+            "ort-cpu A16W8 (uint16 act)": f"{EVERY_NODE};activation_type=uint16",
+            "tensorrt int8 (symmetric)": f"{EVERY_NODE};profile=tensorrt",
+            "tensorrt FP8 E4M3FN": f"{EVERY_NODE};profile=tensorrt;activation_type=float8e4m3fn;"
+                                   "weight_type=float8e4m3fn"}
 
 
 def worst_cosine(ref: list[dict], cand: list[dict]) -> float:
@@ -49,7 +55,7 @@ def main() -> None:
     parser.add_argument("--models", default="minilm,rec,det,cls")
     args = parser.parse_args()
     print(f"machine: {cpu_line()}\n")
-    print("| model | activations | task metric | worst-sample cos | quantize s |\n|---|---|---|---:|---:|")
+    print("| model | types | task metric | worst-sample cos | quantize s |\n|---|---|---|---:|---:|")
     for name in args.models.split(","):
         task = get_task(name)
         reference = reference_outputs(Path(task.path), task.holdout)
