@@ -31,6 +31,7 @@ quantized tensor and weight (worst first), the smoothing and latency decisions.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -92,7 +93,8 @@ class Quantize(Pass):
         for key, reason in sorted(plan.skipped.items()):
             ctx.no_match(self.name, key, reason)
         if not plan.units:
-            return PassResult(model, False, {"skipped": "nothing to quantize", "kept_float": plan.skipped})
+            return PassResult(model, False, {"skipped": _nothing_to_quantize(work.graph, profile),
+                                             "kept_float": plan.skipped})
         _feeds_and_smoothing(job)
         first = _latency_first(job)
         if first.candidate is None:
@@ -131,6 +133,23 @@ def _prepared(model: ir.Model, ctx: PassContext, options: QuantizeOptions,
             ctx.no_match(NAME, "model", note)
     ctx.analysis(Shapes, work)  # placement needs every value's type
     return work, note
+
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                           "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+                           "MatMulNBits", "QGemm", "GatherBlockQuantized"})  # and every QLinear* op
+
+
+def _nothing_to_quantize(graph: ir.Graph, profile: QuantProfile) -> str:
+    """Why no unit was placed: the model is quantized already (which ops say so), or it has no op
+    the profile quantizes."""
+    found = Counter(n.op_type for n in graph.all_nodes()
+                    if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear"))
+    if found:
+        ops = ", ".join(f"{count} {op}" for op, count in found.most_common(4))
+        return f"nothing to quantize: the model is quantized already ({ops})"
+    compute = sorted(op for op, rule in profile.ops.items() if rule.role == "compute")
+    return f"nothing to quantize: no {'/'.join(compute)} the {profile.name} profile quantizes (kept_float says why)"
 
 
 def _type_opset(profile: QuantProfile) -> str:

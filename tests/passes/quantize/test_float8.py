@@ -14,7 +14,7 @@ from graphopt.passes.quantize.profiles import TensorType
 from graphopt.passes.quantize.qdq import activation_params, fake_quantize, weight_params
 from graphopt.recipes import parse_pass_spec
 from tests.passes.quantize.test_quantize import _conv_and_gemm_model, _feeds, quantize
-from tests.passes.quantize.test_sixteen_bit import _worst_error
+from tests.passes.quantize.test_types import _worst_error
 
 FP8 = TensorType("float8e4m3fn", symmetric=True)
 

@@ -1,5 +1,6 @@
-"""16-bit activations with 8-bit weights (activation_type=uint16|int16): opset 21 Q/DQ that ONNX
-Runtime runs, 256x finer activation steps than 8 bits."""
+"""Activation types: 16-bit activations with 8-bit weights (activation_type=uint16|int16: opset 21
+Q/DQ that ONNX Runtime runs, 256x finer activation steps than 8 bits), symmetric activations and
+Relu folding, and what quantize says about a model that is quantized already."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from graphopt.passes.quantize.options import QuantizeOptions, resolve_profile
 from graphopt.passes.quantize.profiles import TensorType
 from graphopt.passes.quantize.qdq import activation_params
 from graphopt.recipes import parse_pass_spec
-from tests.passes.quantize.test_quantize import _conv_and_gemm_model, _feeds, quantize
+from tests.passes.quantize.test_quantize import _conv_and_gemm_model, _feeds, _model, quantize
 
 
 def _worst_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: list[dict],
@@ -69,3 +70,19 @@ def test_sixteen_bit_rules_and_refusals():
     assert profile.min_opset == 21 and not profile.latency_check and not profile.bias_int32
     with pytest.raises(InputError, match="method=entropy models 8-bit integer activations; with int16 activations"):
         parse_pass_spec("quantize:activation_type=int16;method=entropy")
+
+
+def test_an_already_quantized_model_says_so():
+    proto = _model("""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4] x) => (float[1, 3] y) {
+    q, s, z = DynamicQuantizeLinear(x)
+    acc = MatMulInteger(q, w, z)
+    f = Cast <to = 1> (acc)
+    y = Mul(f, s)
+}
+""", w=np.ones((4, 3), np.uint8))
+    out, result = quantize(proto, _feeds(proto, 2))
+    assert not result.modified
+    assert result.stats["skipped"] == ("nothing to quantize: the model is quantized already "
+                                       "(1 DynamicQuantizeLinear, 1 MatMulInteger)")
