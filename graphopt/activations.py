@@ -60,20 +60,8 @@ def estimated_bytes(value: ir.Value, dynamic_dim: int = 128) -> int:
 
 
 def plan_chunks(values: list[ir.Value], max_bytes: int, dynamic_dim: int = 128) -> list[list[str]]:
-    """Greedy split of the values into chunks whose estimated size stays under `max_bytes`."""
-    chunks: list[list[str]] = []
-    current: list[str] = []
-    used = 0
-    for value in values:
-        size = estimated_bytes(value, dynamic_dim)
-        if current and used + size > max_bytes:
-            chunks.append(current)
-            current, used = [], 0
-        current.append(value.name)
-        used += size
-    if current:
-        chunks.append(current)
-    return chunks
+    """Greedy split of the values into chunks whose declared-shape size stays under `max_bytes`."""
+    return packed([v.name for v in values], {v.name: estimated_bytes(v, dynamic_dim) for v in values}, max_bytes)
 
 
 def with_outputs(model: ir.Model, names: list[str]) -> ir.Model:

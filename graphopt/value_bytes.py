@@ -7,7 +7,7 @@ A value's size is resolved in three steps, each only for what the one before lef
    `batch` or `seq` dims keep their names through the graph);
 2. ONNX shape inference on a clone whose graph inputs take the feed's concrete shapes: a
    convolution's spatial output dims, which shape inference leaves unnamed, become numbers;
-3. still unknown: the largest input's bytes.
+3. still unknown: the largest input's bytes, or the product of its known dims if that is more.
 Without step 2, a detector exported with [N, 3, H, W] inputs has every feature map at "unknown"
 size; counting each unknown dim as a fixed guess made each of PP-OCR det's 49 channel tensors
 look like a 1 GB one, so every tensor got its own pass over the data (32 passes, 20 s, where
@@ -56,7 +56,7 @@ def value_sizes(model: ir.Model, names: list[str], feed: Feed, found: dict | Non
         found = found if found is not None else inferred(model, feed)
         fallback = max((np.asarray(a).nbytes for a in feed.values()), default=0)
         for name in open_names:
-            sizes[name] = found.get(name, (None, None))[1] or fallback
+            sizes[name] = found.get(name, (None, None))[1] or max(fallback, _known_bytes(by_name[name], dims))
     return sizes
 
 
@@ -81,17 +81,22 @@ def inferred(model: ir.Model, feed: Feed) -> dict[str, tuple[ir.DataType | None,
     return result
 
 
+def _sizes_of(value: ir.Value, dims: dict[str, int]) -> list[int | None]:
+    """Each declared dim's size (symbols from `dims`; None where unknown)."""
+    return [dim if isinstance(dim, int) else dims.get(getattr(dim, "value", None)) for dim in value.shape or ()]
+
+
 def _declared_bytes(value: ir.Value, dims: dict[str, int]) -> int | None:
-    if value.shape is None:
+    sizes = _sizes_of(value, dims)
+    if value.shape is None or None in sizes:
         return None
+    return _known_bytes(value, dims)
+
+
+def _known_bytes(value: ir.Value, dims: dict[str, int]) -> int:
+    """Bytes of the known dims alone (a lower bound when some are unknown)."""
     itemsize = value.dtype.itemsize if value.dtype is not None else 4
-    count = 1
-    for dim in value.shape:
-        size = dim if isinstance(dim, int) else dims.get(getattr(dim, "value", None))
-        if size is None:
-            return None
-        count *= size
-    return int(count * itemsize)
+    return int(np.prod([s for s in _sizes_of(value, dims) if s is not None], dtype=np.int64)) * itemsize
 
 
 def packed(names: list[str], sizes: dict[str, float], max_bytes: float) -> list[list[str]]:

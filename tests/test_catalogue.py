@@ -27,7 +27,8 @@ def test_passes_lists_every_pass_without_importing_them():
     assert "HEAVY []" in done.stdout
     for name in PASSES:
         assert f"\n{name}  [" in "\n" + done.stdout
-    assert "quantize  [lossy]" in done.stdout and "    method: minmax|percentile|entropy|mse = percentile" in done.stdout
+    assert "quantize  [lossy]" in done.stdout
+    assert "    method: minmax|percentile|entropy|mse = percentile" in done.stdout
     assert "\nrecipes:\n  lossless: initializers-not-inputs," in done.stdout
 
 

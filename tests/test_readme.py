@@ -35,7 +35,8 @@ def test_the_first_command_runs_as_written(tmp_path):
 def test_the_python_api_block_runs_as_written(tmp_path):
     (block,) = [b for b in _blocks("python") if "graphopt.optimize(" in b]
     shutil.copy(ROOT / "models" / "default.onnx", tmp_path / "model.onnx")  # the block's "model.onnx"
-    probe = block + "\nassert result.output.exists() and result.report['passes']\nprint(type(optimized_graph).__name__)\n"
+    probe = (block + "\nassert result.output.exists() and result.report['passes']"
+             "\nprint(type(optimized_graph).__name__)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "model.opt.onnx").exists() and done.stdout.strip().endswith("Graph")

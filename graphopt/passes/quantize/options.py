@@ -65,7 +65,7 @@ class QuantizeOptions:
                                   num_quant_bins=128 if symmetric else 256, max_bytes=self.calib_max_bytes)
 
     def validate(self) -> None:
-        self.target_profile()
+        activation = resolve_profile(self).activation.dtype  # the profile (or its file) is checked here
         if self.calib_max_bytes < 2**20:
             raise ValueError("calib_max_bytes must be at least 1 MiB")
         self.calibration(symmetric=False).validate()  # method, percentile (symmetric: valid either way)
@@ -77,7 +77,6 @@ class QuantizeOptions:
             raise ValueError("max_fallback, sqnr_batches and threads must be >= 0")
         if self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
             raise ValueError("speed_runs must be >= 1 and speed_margin in [0, 1)")
-        activation = resolve_profile(self).activation.dtype
         if activation in (*SIXTEEN_BIT, *FLOAT8) and self.method in ("entropy", "mse"):
             raise ValueError(f"method={self.method} models 8-bit integer activations; with {activation} "
                              "activations use minmax or percentile")
@@ -92,8 +91,7 @@ def resolve_profile(options: QuantizeOptions) -> QuantProfile:
     profile = options.target_profile()
     act, weight = profile.activation, profile.weight
     if options.activation_type != "auto":
-        act = TensorType(options.activation_type, symmetric=options.activation_type != "uint8"
-                         and options.activation_type != "uint16")
+        act = TensorType(options.activation_type, symmetric=not options.activation_type.startswith("uint"))
     if options.weight_type != "auto" or options.weight_bits:
         weight = TensorType(options.weight_type if options.weight_type != "auto" else weight.dtype, True,
                             options.weight_bits or weight.bits)

@@ -32,7 +32,8 @@ from graphopt.passes.quantize.profiles import PROFILES, OpRule, QuantProfile, Te
 from graphopt.runtime import PROVIDERS
 
 ROLES = ("compute", "activation", "elementwise", "shared", "embedding")
-DTYPES = {"activation": ("uint8", "int8", "uint16", "int16", "float8e4m3fn"), "weight": ("uint8", "int8", "float8e4m3fn")}
+DTYPES = {"activation": ("uint8", "int8", "uint16", "int16", "float8e4m3fn"),
+          "weight": ("uint8", "int8", "float8e4m3fn")}
 TOP_FIELDS = {"base", "name", "description", "activation", "weight", "ops", "drop_ops", "fold_relu",
               "bias_int32", "min_opset", "latency_check", "latency_provider", "gemm_bias"}
 SCALARS = {"fold_relu": bool, "bias_int32": bool, "latency_check": bool, "gemm_bias": bool,
@@ -84,7 +85,8 @@ def _profile(data: dict, stem: str) -> QuantProfile:
         if key in data:
             fields[key] = _tensor_type(data[key], key)
     if fields.get("latency_provider", "cpu") not in PROVIDERS:
-        raise ValueError(f"latency_provider: expected one of {', '.join(PROVIDERS)}, got {fields['latency_provider']!r}")
+        raise ValueError(f"latency_provider: expected one of {', '.join(PROVIDERS)}, "
+                         f"got {fields['latency_provider']!r}")
     if base is None:
         return QuantProfile(description=fields.pop("description", "profile file"),
                             fold_relu=fields.pop("fold_relu", False), **fields)

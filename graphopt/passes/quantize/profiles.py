@@ -73,6 +73,12 @@ class TensorType:
     def is_float8(self) -> bool:
         return self.dtype in FLOAT8
 
+    @property
+    def beyond_int8(self) -> bool:
+        """FP8 or 16-bit: types ONNX Runtime's CPU EP has no integer kernels for, whose Q/DQ
+        needs a newer opset than 8-bit's."""
+        return self.is_float8 or self.dtype in ("uint16", "int16")
+
 
 @dataclass(frozen=True)
 class QuantProfile:

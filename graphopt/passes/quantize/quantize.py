@@ -43,7 +43,7 @@ from graphopt.lossy import budget_share, effective_budget
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.passes.quantize.gemm import matmul_bias_to_gemm
 from graphopt.passes.quantize.job import Builder, QuantJob
-from graphopt.passes.quantize.options import SIXTEEN_BIT, QuantizeOptions, resolve_profile
+from graphopt.passes.quantize.options import QuantizeOptions, resolve_profile
 from graphopt.passes.quantize.plan import Plan
 from graphopt.passes.quantize.profiles import PROFILES, QuantProfile
 from graphopt.passes.quantize.ranges import parse_overrides, tensor_sqnr
@@ -70,7 +70,7 @@ class Quantize(Pass):
         float8 and 16-bit types ORT CPU has no such kernels (the targets are GPUs and NPUs), and
         its rewrites would only be judged on what they get wrong (options.ORT_FLOAT8_RELU)."""
         profile = resolve_profile(self.options)
-        return not (profile.activation.is_float8 or profile.weight.is_float8 or profile.activation.dtype in SIXTEEN_BIT)
+        return not (profile.activation.beyond_int8 or profile.weight.beyond_int8)
 
     def requires(self, model: ir.Model, ctx: PassContext) -> str | None:
         current = default_opset(model)
@@ -156,7 +156,7 @@ def _type_opset(profile: QuantProfile) -> str:
     """Why the profile's types need a newer opset than per-channel Q/DQ does ('' when they do not)."""
     if profile.min_opset <= PER_CHANNEL_OPSET:
         return ""
-    types = sorted({t.dtype for t in (profile.activation, profile.weight) if t.is_float8 or t.dtype in SIXTEEN_BIT})
+    types = sorted({t.dtype for t in (profile.activation, profile.weight) if t.beyond_int8})
     return f"{' and '.join(types)} Q/DQ needs opset {profile.min_opset}"
 
 

@@ -1,8 +1,8 @@
 """Feeds and planning for calibration passes: checked feeds, and how to split feeds and names
 so an ORT run's exposed bytes stay under a cap.
 
-Bytes are estimated for the first feed's input shapes (graphopt.value_bytes). When the total exceeds the cap and
-every input shares a symbolic leading (batch) dim, feeds are split along it into sub-batches
+Bytes are estimated for the first feed's input shapes (graphopt.value_bytes). When the total
+exceeds the cap and every input shares a symbolic leading (batch) dim, feeds are split along it into sub-batches
 (statistics of a batch-independent model do not depend on how samples are grouped, so this costs
 no extra pass); only if one sample still exceeds it are the names split into chunks, each a
 separate pass over the feeds.

@@ -11,10 +11,11 @@ docs/design-measurements.md).
 
 The first feed is cut by estimated sizes (graphopt.value_bytes: the model's own shapes with
 symbolic dims from the feed, else ONNX shape inference at the feed's concrete input shapes, which
-also gives the dtypes segment inputs need when the export left values untyped). If one segment then gave more than twice `cap` and the sizes that feed really had cut
-differently, the segments are rebuilt once. An overestimate only means more, smaller segments,
-each one more ORT session to build and one more run per feed, which cost less than rebuilding
-them (measured: docs/design-measurements.md). Any ORT refusal (building or running a segment,
+also gives the dtypes segment inputs need when the export left values untyped). If one segment
+then gave more than twice `cap` and the sizes that feed really had cut differently, the segments
+are rebuilt once. An overestimate only means more, smaller segments, each one more ORT session to
+build and one more run per feed, which cost less than rebuilding them (measured:
+docs/design-measurements.md). Any ORT refusal (building or running a segment,
 or folding its tensors) raises ingraph.Refused and the caller falls back to exposure.
 """
 
@@ -92,7 +93,8 @@ def _first_sizes(model, names, feed) -> tuple[dict[str, int], dict]:
     if all(by_name[n].shape is not None and by_name[n].dtype is not None for n in names):
         return value_sizes(model, names, feed), {}
     found = inferred(model, feed)
-    return value_sizes(model, names, feed, found), {n: dtype for n, (dtype, _) in found.items() if dtype is not None}
+    dtypes = {n: dtype for n, (dtype, _) in found.items() if dtype is not None}
+    return value_sizes(model, names, feed, found), dtypes
 
 
 def _runner(model, names, sizes, cap, dtypes=None) -> segments.SegmentedRun:

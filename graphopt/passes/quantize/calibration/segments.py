@@ -17,7 +17,8 @@ every input of segment k exists when k runs, and every node sees the inputs it s
 model, so each value is exactly the one the whole model computes (same kernels, optimizations
 off). Peak memory: the wanted tensors the caller holds, the values crossing the cut, and what ORT
 holds inside one segment. Segment inputs are declared with their dtype only (any shape); values
-the export left untyped (Paddle) take dtypes from graphopt.value_bytes.inferred or ONNX shape inference.
+the export left untyped (Paddle) take dtypes from graphopt.value_bytes.inferred or ONNX shape
+inference.
 Tensor-valued Constant nodes (Paddle keeps every weight in one) are not cut: they become
 initializers of each segment that reads them, so weights never cross a cut as values
 (PP-OCR rec: 225 of 339 segment inputs were Constant outputs, copied out of segment 0 per feed).
