@@ -10,7 +10,7 @@ then used), so `check_optimize_arguments` returns the feed and shape arguments t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -104,40 +104,53 @@ def _check_budget(budget) -> None:
 
 
 def _feeds_arg(name: str, value):
-    """A path stays a path; an iterable of feeds becomes a checked list of dicts of arrays."""
-    if value is None or isinstance(value, (str, os.PathLike)):
+    """A path stays a path; a list or tuple of feeds is checked and kept (the caller's memory);
+    any other iterable of feeds, or an ONNX Runtime `CalibrationDataReader`, is read once, checked
+    and spilled to a scratch folder feed by feed (graphopt.lazy_feeds), so a generator of many
+    feeds is never held in memory at once."""
+    from graphopt.lazy_feeds import LazyFeeds, spill
+
+    if value is None or isinstance(value, (str, os.PathLike, LazyFeeds)):
         return value
-    if callable(getattr(value, "get_next", None)) and not isinstance(value, Iterable):
-        value = _reader_feeds(name, value)  # ONNX Runtime's CalibrationDataReader
     expected = f"{name}: expected a path to .npz data or an iterable of feeds (dicts of input name -> numpy array)"
-    if isinstance(value, (Mapping, np.ndarray, bytes)) or not isinstance(value, Iterable):
+    is_reader = callable(getattr(value, "get_next", None)) and not isinstance(value, Iterable)
+    if not is_reader and (isinstance(value, (Mapping, np.ndarray, bytes)) or not isinstance(value, Iterable)):
         hint = "; wrap a single feed in a list" if isinstance(value, Mapping) else ""
         raise InputError(f"{expected}, got {_show(value)}{hint}")
-    feeds = list(value)
-    for i, feed in enumerate(feeds):
+
+    def check(i: int, feed) -> None:
         if not isinstance(feed, Mapping):
             raise InputError(f"{expected}; feed {i} is {_show(feed)}")
         for key, array in feed.items():
             if not isinstance(key, str) or not isinstance(array, (np.ndarray, np.generic)):
                 raise InputError(f"{expected}; feed {i} maps {_show(key)} to {_show(array)}")
-    return feeds
+
+    if isinstance(value, (list, tuple)):
+        for i, feed in enumerate(value):
+            check(i, feed)
+        return list(value)
+    return spill(_user_feeds(name, value, is_reader), check)
 
 
-def _reader_feeds(name: str, reader) -> list:
-    """The feeds of an ONNX Runtime `CalibrationDataReader` (`get_next()` until None), so code
-    written for `quantize_static` hands its reader over as is; an exception in it is one line."""
-    feeds = []
+def _user_feeds(name: str, source, is_reader: bool) -> Iterator:
+    """The feeds of a user's iterable, or of an ONNX Runtime `CalibrationDataReader` (`get_next()`
+    until None, so code written for `quantize_static` hands its reader over as is); an exception
+    in the user's code is one line."""
+    iterator = iter(source.get_next, None) if is_reader else iter(source)
+    kind = "data reader" if is_reader else "data iterable"
+    count = 0
     while True:
         try:
-            feed = reader.get_next()
-        except Exception as exc:  # noqa: BLE001  (the user's reader: any error is input)
-            raise InputError(f"{name}: the data reader raised {type(exc).__name__}: {exc}") from None
-        if feed is None:
-            return feeds
-        feeds.append(feed)
-        if len(feeds) > MAX_READER_FEEDS:
-            raise InputError(f"{name}: the data reader gave more than {MAX_READER_FEEDS} feeds without "
-                             "returning None; a reader must end")
+            feed = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001  (the user's code: any error is input)
+            raise InputError(f"{name}: the {kind} raised {type(exc).__name__}: {exc}") from None
+        count += 1
+        if count > MAX_READER_FEEDS:
+            raise InputError(f"{name}: the {kind} gave more than {MAX_READER_FEEDS} feeds without "
+                             "ending; a reader must end")
+        yield feed
 
 
 def _shapes_arg(shapes):

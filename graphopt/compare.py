@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from graphopt.bench import BenchConfig, bench_model
-from graphopt.data import input_specs, load_feeds, parse_shapes, synthesize_feeds
+from graphopt.data import input_specs, parse_shapes, synthesize_feeds
+from graphopt.data_files import load_feeds
 from graphopt.errors import InputError
 from graphopt.io import load_path
 from graphopt.metrics import compare_outputs

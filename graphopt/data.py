@@ -1,23 +1,9 @@
-"""Input feeds: load `.npz` data, or synthesize valid inputs from the model's input specs.
+"""Input specs, `--shape` parsing, synthesized feeds and the checks every feed passes.
 
-The feed rule (README "CLI", DATA):
-- A directory holds one `.npz` per feed, taken as it is.
-- A single `.npy` is the one input of a one-input model, read as a single `.npz` would be.
-- A `.json` is Polygraphy's input file (`--save-inputs`): a list of whole feeds.
-- A single `.npz` holds arrays keyed by input name whose first axis is the sample axis. It is
-  split into feeds of the model's batch size: an input whose first dim is static (`[1, 3, 60,
-  160]`) gets feeds of that many samples (the count must divide evenly); an input whose first
-  dim is symbolic or unknown gets one sample per feed. So `image: [64, 3, 60, 160]` is 64 feeds,
-  never one feed of batch 64. One sample per feed (rather than a fixed batch such as 8) keeps the
-  calibration / held-out split exact in samples (a 10-sample file holds out 3 samples, not a
-  whole batch or none) and runs the model as a batch-1 deployment does; the price is one ORT
-  run per sample, which for the small models here is per-call overhead, not compute.
-- An array with one more axis than its input is a stack of whole feeds (`[K, *input_shape]`,
-  K feeds), for data that must keep its own batches; rank-0 arrays go into every feed.
-- Arrays that yield different feed counts are refused.
-`split_holdout` takes the last quarter of the calibration feeds for verification when `--calib`
-comes without `--data`; with fewer than two feeds there is no held-out part and it refuses
-(calibration data is never reused while being called held-out).
+Feeds from files are read by graphopt.data_files (its docstring states the feed rule: how an
+`.npz`'s first axis becomes feeds). `split_holdout` takes the last quarter of the calibration
+feeds for verification when `--calib` comes without `--data`; with fewer than two feeds there is
+no held-out part and it refuses (calibration data is never reused while being called held-out).
 
 Synthesized data uses a fixed seed; symbolic dims take `--shape NAME=DIMS` values or 1.
 Integer inputs get values that are valid for the model: indices into a Gather get [0, rows),
@@ -28,8 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+
 import numpy as np
 import onnx_ir as ir
 
@@ -197,130 +184,6 @@ def _static_shape(value: ir.Value):
     return None
 
 
-def feed_files(path: Path) -> list[Path]:
-    """The .npz files a data path is read from: the file itself, or a directory's .npz (sorted)."""
-    return sorted(path.glob("*.npz")) if path.is_dir() else [path]
-
-
-def load_feeds(path: str | Path, model: ir.Model) -> list[Feed]:
-    """Load feeds from an .npz (first axis = samples, split into feeds of the model's batch
-    size; see the module docstring) or a directory of .npz (one feed each)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such data file or directory")
-    specs = input_specs(model)
-    if path.is_dir():
-        files = feed_files(path)
-        if not files:
-            raise InputError(f"{path}: directory holds no .npz files")
-        feeds = [dict(_read_npz(f)) for f in files]
-    elif path.suffix == ".json":
-        feeds = read_polygraphy_json(path)
-    else:
-        arrays = _read_npy(path, specs) if path.suffix == ".npy" else _read_npz(path)
-        feeds = _split_samples(path, arrays, specs)
-    for i, feed in enumerate(feeds):
-        validate_feed(feed, specs, f"{path}" + (f" (feed {i})" if len(feeds) > 1 else ""))
-    return feeds
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of an .npz; a member that is not .npy data (numpy hands back its raw bytes, e.g.
-    a pickle) is refused, never unpickled."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
-    for name, array in arrays.items():
-        if not isinstance(array, np.ndarray):
-            raise InputError(f"{path}: member '{name}' is not a .npy array (a pickle or other raw bytes); "
-                             "graphopt reads plain arrays only")
-    return arrays
-
-
-def read_polygraphy_json(path: Path) -> list[Feed]:
-    """Polygraphy's input file (`polygraphy run --save-inputs`): a JSON list of feeds, each input an
-    object {"polygraphy_class": "ndarray", "array": base64 of the .npy bytes}; taken as whole feeds
-    (one per iteration), never unpickled."""
-    import base64
-    import binascii
-    import io
-    import json
-
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable JSON input file ({_first_line(exc)})") from None
-    if not isinstance(document, list) or not document or not all(isinstance(f, dict) for f in document):
-        raise InputError(f"{path}: expected Polygraphy's input format, a JSON list of {{input name: array}} feeds")
-    feeds = []
-    for i, entry in enumerate(document):
-        feed = {}
-        for name, value in entry.items():
-            if not isinstance(value, dict) or value.get("polygraphy_class") != "ndarray" or "array" not in value:
-                raise InputError(f"{path}: feed {i}, input '{name}' is not a Polygraphy ndarray "
-                                 "({\"polygraphy_class\": \"ndarray\", \"array\": ...})")
-            try:
-                feed[name] = np.load(io.BytesIO(base64.b64decode(value["array"], validate=True)), allow_pickle=False)
-            except (binascii.Error, ValueError, OSError) as exc:
-                raise InputError(f"{path}: feed {i}, input '{name}': not base64 .npy data ({_first_line(exc)})") from None
-        feeds.append(feed)
-    return feeds
-
-
-def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    """A `.npy` (Olive's and ModelOpt's calibration form) is the one input of a one-input model,
-    first axis = samples as in an .npz; never unpickled."""
-    if len(specs) != 1:
-        raise InputError(f"{path}: a .npy holds one array, the model has {len(specs)} inputs "
-                         f"({', '.join(s.name for s in specs)}); give an .npz keyed by input name")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable .npy file ({_first_line(exc)})") from None
-    return {specs[0].name: array}
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-def _split_samples(path: Path, arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> list[Feed]:
-    """Cut each array into its part of every feed (the module docstring's rule)."""
-    by_name = {s.name: s for s in specs}
-    if set(arrays) != set(by_name):
-        return [arrays]  # names that do not match: reported for the file as a whole
-    pieces = {k: _pieces(path, k, a, by_name[k]) for k, a in arrays.items()}
-    counts = {len(p) for p in pieces.values() if p is not None}
-    if len(counts) > 1:
-        raise InputError(f"{path}: arrays give different feed counts: " + ", ".join(
-            f"{k}{list(a.shape)} -> {len(pieces[k])}" for k, a in arrays.items() if pieces[k] is not None)
-            + " (first axis = samples, split by the model's batch size)")
-    n = counts.pop() if counts else 1
-    if n == 0:
-        raise InputError(f"{path}: holds zero samples")
-    return [{k: (a if pieces[k] is None else pieces[k][i]) for k, a in arrays.items()} for i in range(n)]
-
-
-def _pieces(path: Path, name: str, array: np.ndarray, spec: InputSpec) -> list[np.ndarray] | None:
-    """This input's part of each feed; None: the whole array goes into every feed (a rank-0
-    array, or one of a rank the model does not take, which validation then reports)."""
-    rank = len(spec.shape) if spec.shape is not None else array.ndim
-    if array.ndim == rank + 1:
-        return list(array)  # a stack of whole feeds
-    if array.ndim == 0 or array.ndim != rank:
-        return None
-    first = spec.shape[0] if spec.shape is not None else None
-    batch = first if isinstance(first, int) and first > 0 else 1
-    count, rest = divmod(array.shape[0], batch)
-    if rest:
-        raise InputError(f"{path}: input '{name}' holds {array.shape[0]} samples, not a multiple of the "
-                         f"model's batch size {batch} (its first dim)")
-    return [array[i * batch:(i + 1) * batch] for i in range(count)]
-
-
 def validate_feed(feed: Feed, specs: list[InputSpec], where: str) -> None:
     """Names, dtypes, ranks and static dims must match the model's inputs."""
     expected = {s.name: s for s in specs}
@@ -355,7 +218,7 @@ def _reject_nan(array: np.ndarray, name: str, where: str) -> None:
             raise InputError(f"{where}: input '{name}' holds {count} NaN value(s) of {array.size}")
 
 
-def reject_infinite(feeds: list[Feed], where: str) -> None:
+def reject_infinite(feeds: Sequence[Feed], where: str) -> None:
     """Calibration data must be finite: an infinite value makes a range (and a scale) infinite."""
     for i, feed in enumerate(feeds):
         for name, array in feed.items():
@@ -369,7 +232,7 @@ def _fmt(shape: tuple) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def split_holdout(feeds: list[Feed], fraction: float = 0.25) -> tuple[list[Feed], list[Feed]]:
+def split_holdout(feeds: Sequence[Feed], fraction: float = 0.25) -> tuple[Sequence[Feed], Sequence[Feed]]:
     """Calibration part and held-out part: the last `fraction` of the feeds (at least one) is held
     out. Fewer than two feeds leave nothing to hold out: refused, never reused as held-out."""
     if len(feeds) < 2:

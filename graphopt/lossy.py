@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -75,18 +75,18 @@ class Evaluator:
     `fits` decides a miss on the first stages of the feeds when they already show it
     (graphopt.staged); `feeds_seen` is how many feeds its last answer ran on."""
 
-    feeds: list[Feed]
+    feeds: Sequence[Feed]
     reference: list[Feed]
     order: list[int] = field(default_factory=list)  # feed indices, hardest found first
     feeds_seen: int = 0
     decided_early: int = 0  # misses decided before the last stage
 
     @classmethod
-    def for_model(cls, model: ir.Model, feeds: list[Feed]) -> Evaluator:
+    def for_model(cls, model: ir.Model, feeds: Sequence[Feed]) -> Evaluator:
         """Reference outputs taken from `model` itself (when no run reference exists)."""
         if not feeds:
             raise InputError("no held-out feeds to measure the accuracy budget on")
-        return cls(list(feeds), run_model(model, list(feeds)))
+        return cls(feeds, run_model(model, feeds))
 
     @cached_property
     def kinds(self) -> dict[str, OutputKind]:

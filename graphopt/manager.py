@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import onnx_ir as ir
 
@@ -78,7 +78,7 @@ Progress = Callable[[str], None]
 
 
 class PassManager:
-    def __init__(self, passes: list[Pass], config: RunConfig, feeds: list[Feed],
+    def __init__(self, passes: list[Pass], config: RunConfig, feeds: Sequence[Feed],
                  ctx: PassContext | None = None, progress: Progress | None = None):
         self.passes = passes
         self.config = config
@@ -102,7 +102,7 @@ class PassManager:
                                    else frozenset(structural_problems(model)))
             self.kinds = infer_kinds(self.reference, self.feeds) if self.reference else None
             check_run_budget(self.config.budget, self.kinds, self.ctx.logger)
-        self.ctx.holdout, self.ctx.reference = list(self.feeds), self.reference
+        self.ctx.holdout, self.ctx.reference = self.feeds, self.reference
         if self.ctx.progress is None:
             self.ctx.progress = self.progress
         # passes edit in place; --verify end replays them from an untouched clone

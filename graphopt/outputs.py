@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 import onnx_ir as ir
 
-from graphopt.data import feed_files
+from graphopt.data_files import feed_files
 from graphopt.errors import InputError
 from graphopt.io import stage_model
 from graphopt.report.document import render_report

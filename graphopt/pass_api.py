@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -98,7 +98,7 @@ class PassContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("graphopt"))
     calibration: Callable[[], Iterable[Feed]] | None = None
     budget: Budget = field(default_factory=Budget)
-    holdout: list[Feed] = field(default_factory=list)  # verification feeds (the manager sets them)
+    holdout: Sequence[Feed] = field(default_factory=list)  # verification feeds (the manager sets them)
     reference: list[Feed] | None = None  # the input model's outputs on `holdout`
     search: list[Feed] = field(default_factory=list)  # feeds lossy passes size themselves on (run_data)
     search_reference: list[Feed] | Callable[[], list[Feed]] | None = None  # the input model's outputs on

@@ -19,14 +19,17 @@ Three roles, kept apart so that nothing is judged on the data that chose it (REA
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from graphopt.data import (Feed, input_specs, load_feeds, parse_shapes, reject_infinite, split_holdout,
-                           synthesize_feeds, validate_feed)
+from graphopt.data import (Feed, input_specs, parse_shapes, reject_infinite, split_holdout, synthesize_feeds,
+                           validate_feed)
+from graphopt.data_files import load_feeds
+from graphopt.lazy_feeds import LazyFeeds, count_samples, subset
 from graphopt.errors import InputError
 from graphopt.io import LoadedModel
 from graphopt.shape_search import ShapeChoice, choose_shapes
@@ -39,9 +42,9 @@ SEARCH_FEEDS = 64  # calibration feeds a budget search measures candidates on (t
 
 @dataclass
 class RunData:
-    verification: list[Feed]
-    calibration: list[Feed]  # [] when the passes calibrate on the verification feeds
-    search: list[Feed]  # [] when the passes search on the verification feeds
+    verification: Sequence[Feed]
+    calibration: Sequence[Feed]  # [] when the passes calibrate on the verification feeds
+    search: Sequence[Feed]  # [] when the passes search on the verification feeds
     info: dict[str, Any]  # the report's "data" entry
 
 
@@ -60,11 +63,11 @@ def is_synthetic(calib) -> bool:
     return isinstance(calib, str) and calib == SYNTHETIC
 
 
-def search_feeds(calibration: list[Feed], limit: int = SEARCH_FEEDS) -> list[Feed]:
+def search_feeds(calibration: Sequence[Feed], limit: int = SEARCH_FEEDS) -> Sequence[Feed]:
     """Up to `limit` of the calibration feeds, evenly spaced (a file sorted by anything keeps its spread)."""
     if len(calibration) <= limit:
-        return list(calibration)
-    return [calibration[i] for i in np.linspace(0, len(calibration) - 1, limit).round().astype(int)]
+        return calibration
+    return subset(calibration, np.linspace(0, len(calibration) - 1, limit).round().astype(int))
 
 
 @timed("read data")
@@ -101,7 +104,7 @@ def run_feeds(loaded: LoadedModel, data, calib, shapes, seed: int, calibrates: b
     return RunData(feeds, [], [], info)
 
 
-def _data_info(verify: str, read: dict[str, int], calibration: list[Feed], verification: list[Feed],
+def _data_info(verify: str, read: dict[str, int], calibration: Sequence[Feed], verification: Sequence[Feed],
                held_out: int, synthetic_opt_in: bool, calibrates: bool, searched: int,
                shapes: ShapeChoice | None = None) -> dict[str, Any]:
     """The report's "data" entry, with the summary line the CLI prints. `shapes`: how synthesized
@@ -139,19 +142,19 @@ def _data_info(verify: str, read: dict[str, int], calibration: list[Feed], verif
     return info
 
 
-def _count(feeds: list[Feed]) -> str:
+def _count(feeds: Sequence[Feed]) -> str:
     return f"{len(feeds)} feed{'' if len(feeds) == 1 else 's'} ({_samples(feeds)} samples)"
 
 
-def _samples(feeds: list[Feed]) -> int:
+def _samples(feeds: Sequence[Feed]) -> int:
     """Samples in the feeds: each feed's first axis (its batch), 1 for scalar feeds."""
-    return sum(next((int(a.shape[0]) for a in feed.values() if a.ndim), 1) for feed in feeds)
+    return count_samples(feeds)
 
 
-def _load(source, model) -> list[Feed]:
+def _load(source, model) -> Sequence[Feed]:
     if isinstance(source, (str, os.PathLike)):
         return load_feeds(source, model)
-    feeds = [dict(feed) for feed in source]
+    feeds = source if isinstance(source, LazyFeeds) else [dict(feed) for feed in source]
     if not feeds:
         raise InputError("data holds no feeds")
     specs = input_specs(model)

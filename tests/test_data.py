@@ -7,7 +7,8 @@ import onnx_ir as ir
 import pytest
 
 from conftest import ADD_RELU, parse
-from graphopt.data import input_specs, load_feeds, parse_shapes, synthesize_feeds
+from graphopt.data import input_specs, parse_shapes, synthesize_feeds
+from graphopt.data_files import load_feeds
 from graphopt.errors import InputError
 
 EMBED = """

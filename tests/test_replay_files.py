@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from graphopt import optimize
-from graphopt.data import read_polygraphy_json
+from graphopt.data_files import read_polygraphy_json
 from graphopt.replay_files import REFERENCE_RUNNER
 from models.builders import cnn
 

@@ -201,7 +201,7 @@ def fidelity(case: Case, output: Path) -> str:
     """Worst held-out sample's cosine (and top-1 agreement on class-score outputs) vs float."""
     import onnx_ir as ir
 
-    from graphopt.data import load_feeds
+    from graphopt.data_files import load_feeds
     from graphopt.metrics import compare_outputs
     from graphopt.runtime import create_session, run_feeds
 

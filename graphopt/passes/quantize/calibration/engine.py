@@ -38,6 +38,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
@@ -133,7 +134,7 @@ def _as_source(feeds: FeedsArg) -> Callable[[], Iterable[Feed]]:
         return feeds
     if isinstance(feeds, dict):
         raise InputError("calibration data must be an iterable of feed dicts, not a single dict")
-    held = feeds if isinstance(feeds, (list, tuple)) else list(feeds)
+    held = feeds if isinstance(feeds, Sequence) else list(feeds)
     return lambda: iter(held)
 
 
