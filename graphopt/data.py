@@ -122,7 +122,8 @@ def concrete_shape(spec: InputSpec, override: tuple[int, ...] | None) -> tuple[i
     nbytes = math.prod(shape) * spec.dtype.itemsize
     if nbytes > MAX_FEED_BYTES:
         where = "--shape gives" if override is not None else "the model declares"
-        raise InputError(f"input '{spec.name}': {where} shape {list(shape)} ({spec.dtype}), {nbytes / (1 << 30):.1f} GiB "
+        raise InputError(f"input '{spec.name}': {where} shape {list(shape)} ({spec.dtype}), "
+                         f"{nbytes / (1 << 30):.1f} GiB "
                          f"to synthesize, over the {MAX_FEED_BYTES >> 30} GiB graphopt synthesizes per input")
     return shape
 

@@ -109,7 +109,8 @@ def read_polygraphy_json(path: Path) -> list[Feed]:
             try:
                 feed[name] = np.load(io.BytesIO(base64.b64decode(value["array"], validate=True)), allow_pickle=False)
             except (binascii.Error, ValueError, OSError) as exc:
-                raise InputError(f"{path}: feed {i}, input '{name}': not base64 .npy data ({first_line(exc)})") from None
+                raise InputError(f"{path}: feed {i}, input '{name}': not base64 .npy data "
+                                 f"({first_line(exc)})") from None
         feeds.append(feed)
     return feeds
 
