@@ -10,7 +10,7 @@ then used), so `check_optimize_arguments` returns the feed and shape arguments t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,6 @@ import numpy as np
 from graphopt.data import MAX_DIM
 from graphopt.errors import InputError
 from graphopt.limits import RUNS, SEED, THREADS
-MAX_READER_FEEDS = 1_000_000  # a CalibrationDataReader that never returns None is a bug
 CHOICES = {"verify": ("each", "end", "off"), "on_fail": ("rollback", "fail", "warn"), "goal": ("latency", "size")}
 
 
@@ -108,7 +107,7 @@ def _feeds_arg(name: str, value):
     any other iterable of feeds, or an ONNX Runtime `CalibrationDataReader`, is read once, checked
     and spilled to a scratch folder feed by feed (graphopt.lazy_feeds), so a generator of many
     feeds is never held in memory at once."""
-    from graphopt.lazy_feeds import LazyFeeds, spill
+    from graphopt.lazy_feeds import LazyFeeds, spill, user_feeds
 
     if value is None or isinstance(value, (str, os.PathLike, LazyFeeds)):
         return value
@@ -129,28 +128,7 @@ def _feeds_arg(name: str, value):
         for i, feed in enumerate(value):
             check(i, feed)
         return list(value)
-    return spill(_user_feeds(name, value, is_reader), check)
-
-
-def _user_feeds(name: str, source, is_reader: bool) -> Iterator:
-    """The feeds of a user's iterable, or of an ONNX Runtime `CalibrationDataReader` (`get_next()`
-    until None, so code written for `quantize_static` hands its reader over as is); an exception
-    in the user's code is one line."""
-    iterator = iter(source.get_next, None) if is_reader else iter(source)
-    kind = "data reader" if is_reader else "data iterable"
-    count = 0
-    while True:
-        try:
-            feed = next(iterator)
-        except StopIteration:
-            return
-        except Exception as exc:  # noqa: BLE001  (the user's code: any error is input)
-            raise InputError(f"{name}: the {kind} raised {type(exc).__name__}: {exc}") from None
-        count += 1
-        if count > MAX_READER_FEEDS:
-            raise InputError(f"{name}: the {kind} gave more than {MAX_READER_FEEDS} feeds without "
-                             "ending; a reader must end")
-        yield feed
+    return spill(user_feeds(name, value, is_reader), check)
 
 
 def _shapes_arg(shapes):

@@ -112,9 +112,10 @@ def _add_optimize(sub) -> None:
     group.add_argument("--precision", choices=sorted(PRECISIONS),
                        help="short form of the matching recipe (Olive's and ModelOpt's flag): " +
                        ", ".join(f"{k} = --recipe {v}" for k, v in PRECISIONS.items()))
-    p.add_argument("--calib", help=".npz or directory of .npz: calibration data; `synthetic` (./synthetic for a "
-                   "file of that name): generated inputs, nothing checked on real data")
-    p.add_argument("--data", help=".npz or directory of .npz: verification data")
+    p.add_argument("--calib", help=".npz, .npy, directory of .npz, Polygraphy's .json or a loader.py[:FUNC] "
+                   "data loader script: calibration data; `synthetic` (./synthetic for a file of that name): "
+                   "generated inputs, nothing checked on real data")
+    p.add_argument("--data", help="verification data, in the forms --calib takes")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
                    help="symbolic dims of an input when no data is given (repeatable)")
     p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",

@@ -4,6 +4,10 @@ The feed rule (README "CLI", DATA):
 - A directory holds one `.npz` per feed, taken as it is.
 - A single `.npy` is the one input of a one-input model, read as a single `.npz` would be.
 - A `.json` is Polygraphy's input file (`--save-inputs`): a list of whole feeds.
+- A `.py` is a data loader script in Polygraphy's `--data-loader-script` form: `loader.py` calls
+  its `load_data()`, `loader.py:make_feeds` its `make_feeds()`; the function returns or yields
+  whole feeds (dicts of input name -> array). The user names the script, so running it is
+  theirs to decide, as in Polygraphy; an exception in it is one line.
 - A single `.npz` holds arrays keyed by input name whose first axis is the sample axis. It is
   split into feeds of the model's batch size: an input whose first dim is static (`[1, 3, 60,
   160]`) gets feeds of that many samples (the count must divide evenly); an input whose first
@@ -33,8 +37,9 @@ import onnx_ir as ir
 from graphopt.array_files import ArrayFile, npy_array, npz_arrays
 from graphopt.data import Feed, InputSpec, input_specs, validate_feed
 from graphopt.errors import InputError
-from graphopt.lazy_feeds import ScratchFolder, checked
+from graphopt.lazy_feeds import ScratchFolder, checked, spill, user_feeds
 
+SCRIPT_FUNCTION = "load_data"  # what Polygraphy's --data-loader-script calls by default
 Piece = tuple[int, int, bool] | None  # rows [start, stop), first axis dropped (a stacked feed); None: whole array
 
 
@@ -43,9 +48,22 @@ def feed_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.npz")) if path.is_dir() else [path]
 
 
+def data_script(source: str | Path) -> tuple[Path, str] | None:
+    """(script, function) when DATA names a loader script (`loader.py`, `loader.py:make_feeds`)."""
+    text = str(source)
+    script, sep, function = text.rpartition(":")
+    if sep and script.endswith(".py") and function.isidentifier():
+        return Path(script), function
+    return (Path(text), SCRIPT_FUNCTION) if text.endswith(".py") else None
+
+
 def load_feeds(path: str | Path, model: ir.Model) -> Sequence[Feed]:
     """Feeds from an .npz or .npy (first axis = samples, split into feeds of the model's batch
-    size; see the module docstring), a directory of .npz (one feed each) or Polygraphy's JSON."""
+    size; see the module docstring), a directory of .npz (one feed each), Polygraphy's JSON or
+    a data loader script."""
+    script = data_script(path)
+    if script is not None:
+        return script_feeds(*script, model)
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such data file or directory")
@@ -67,6 +85,41 @@ def load_feeds(path: str | Path, model: ir.Model) -> Sequence[Feed]:
     where = (lambda i: f"{path} (feed {i})") if len(plan) > 1 else (lambda i: f"{path}")
     return checked([partial(_read_pieces, arrays, part) for part in plan],
                    lambda i, feed: validate_feed(feed, specs, where(i)), scratch)
+
+
+def script_feeds(script: Path, function: str, model: ir.Model) -> Sequence[Feed]:
+    """The feeds `function()` of the loader script returns or yields, checked and spilled to a
+    scratch folder as they come (graphopt.lazy_feeds), never all in memory."""
+    import importlib.util
+
+    if not script.is_file():
+        raise InputError(f"{script}: no such data loader script")
+    where = f"{script}:{function}"
+    spec = importlib.util.spec_from_file_location(f"graphopt_data_loader_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        loader = getattr(module, function, None)
+        if not callable(loader):
+            raise InputError(f"{script}: defines no function {function}() (a data loader script defines a "
+                             "function that returns or yields feeds, dicts of input name -> numpy array)")
+        produced = loader()
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (the user's script: any error is input)
+        raise InputError(f"{where}: the data loader raised {type(exc).__name__}: {first_line(exc)}") from None
+    specs = input_specs(model)
+
+    def check(i: int, feed) -> None:
+        if not isinstance(feed, dict) or not all(isinstance(a, np.ndarray) for a in feed.values()):
+            raise InputError(f"{where}: feed {i} is not a dict of input name -> numpy array "
+                             f"(got a {type(feed).__name__})")
+        validate_feed(feed, specs, f"{where} (feed {i})")
+
+    feeds = spill(user_feeds(where, produced), check)
+    if not feeds:
+        raise InputError(f"{where}: the data loader gave no feeds")
+    return feeds
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

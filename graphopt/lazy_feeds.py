@@ -22,15 +22,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from graphopt.data import Feed
+from graphopt.errors import InputError
 
 Reader = Callable[[], Feed]
+MAX_USER_FEEDS = 1_000_000  # a reader that never ends is a bug
 
 
 class ScratchFolder:
@@ -118,3 +120,26 @@ def spill(feeds: Iterable[Feed], check: Callable[[int, Feed], None]) -> LazyFeed
 
 def _read_spilled(folder: Path, index: int, names: tuple[str, ...]) -> Feed:
     return {name: np.load(folder / f"{index}-{j}.npy", allow_pickle=False) for j, name in enumerate(names)}
+
+
+def user_feeds(name: str, source, is_reader: bool = False) -> Iterator:
+    """The feeds of the user's iterable, or of an ONNX Runtime `CalibrationDataReader`
+    (`get_next()` until None, so code written for `quantize_static` hands its reader over as is);
+    an exception in the user's code is one line naming `name`."""
+    kind = "data reader" if is_reader else "data iterable"
+    try:
+        iterator = iter(source.get_next, None) if is_reader else iter(source)
+    except TypeError:
+        raise InputError(f"{name}: expected an iterable of feeds, got a {type(source).__name__}") from None
+    count = 0
+    while True:
+        try:
+            feed = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001  (the user's code: any error is input)
+            raise InputError(f"{name}: the {kind} raised {type(exc).__name__}: {exc}") from None
+        count += 1
+        if count > MAX_USER_FEEDS:
+            raise InputError(f"{name}: the {kind} gave more than {MAX_USER_FEEDS} feeds without ending; a reader must end")
+        yield feed

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 import onnx_ir as ir
 
-from graphopt.data_files import feed_files
+from graphopt.data_files import data_script, feed_files
 from graphopt.errors import InputError
 from graphopt.io import stage_model
 from graphopt.report.document import render_report
@@ -95,6 +95,9 @@ def plan_writes(output: str | os.PathLike | None, reports: Iterable[str | os.Pat
 
 
 def _data_reads(flag: str, path: Path) -> list[Access]:
+    script = data_script(path)
+    if script is not None:
+        return [Access(script[0], f"the {flag} data loader script")]
     reads = [Access(path, f"the {flag} data")]
     if path.is_dir():
         reads += [Access(f, f"a {flag} data file (in {path})") for f in feed_files(path)]

@@ -20,7 +20,7 @@ from graphopt.lazy_feeds import LazyFeeds, count_samples, subset
 
 def _model(shape=("N", 3, 64, 64)) -> ir.Model:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
@@ -128,3 +128,59 @@ def test_a_list_from_the_api_is_kept_as_given():
     feeds = [{"x": np.zeros((1, 3, 64, 64), np.float32)}]
     _, calib, _ = check_optimize_arguments({"calib": feeds})
     assert isinstance(calib, list) and calib[0]["x"] is feeds[0]["x"]
+
+
+LOADER = '''
+import numpy as np
+
+def load_data():
+    for i in range(3):
+        yield {"x": np.full((1, 3, 64, 64), i, np.float32)}
+
+def two():
+    return [{"x": np.ones((1, 3, 64, 64), np.float32)}] * 2
+
+def broken():
+    yield {"x": np.ones((1, 3, 64, 64), np.float32)}
+    raise ValueError("bad sample 1")
+
+def wrong_type():
+    yield {"x": np.ones((1, 3, 64, 64), np.int64)}
+'''
+
+
+@pytest.fixture
+def loader(tmp_path):
+    path = tmp_path / "loader.py"
+    path.write_text(LOADER)
+    return path
+
+
+def test_a_polygraphy_data_loader_script_gives_lazy_feeds(loader):
+    feeds = load_feeds(str(loader), _model())
+    assert isinstance(feeds, LazyFeeds) and len(feeds) == 3 and float(feeds[2]["x"][0, 0, 0, 0]) == 2.0
+    assert len(load_feeds(f"{loader}:two", _model())) == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    (":broken", r"loader\.py:broken: the data iterable raised ValueError: bad sample 1$"),
+    (":wrong_type", r"loader\.py:wrong_type \(feed 0\): input 'x' expects float32, data has int64$"),
+    (":missing", r"loader\.py: defines no function missing\(\) \(a data loader script defines a function"),
+])
+def test_a_data_loader_script_that_fails_is_one_line(loader, spec, message):
+    with pytest.raises(InputError, match=message):
+        load_feeds(f"{loader}{spec}", _model())
+
+
+def test_the_cli_runs_a_data_loader_script_and_never_writes_over_it(loader, tmp_path, capsys):
+    from onnx import save
+
+    from graphopt.cli import main
+
+    model_path = tmp_path / "m.onnx"
+    save(ir.serde.serialize_model(_model()), model_path)
+    assert main(["optimize", str(model_path), "-o", str(tmp_path / "o.onnx"), "--data", f"{loader}:two"]) == 0
+    assert "2 feeds (2 samples) read from --data verify" in capsys.readouterr().out
+    code = main(["optimize", str(model_path), "-o", str(loader), "--data", str(loader)])
+    assert code == 2 and "loader.py" in capsys.readouterr().err
+    assert loader.read_text() == LOADER
