@@ -95,13 +95,20 @@ def run_feeds(loaded: LoadedModel, data, calib, shapes, seed: int, calibrates: b
         info = _data_info("held-out calibration", read, calib_part, held_out, len(held_out), False, calibrates,
                           len(search))
         return RunData(held_out, calib_part, search, info)
-    choice = choose_shapes(loaded.path if loaded.path is not None else model, model, shape_map, seed)
-    # static inputs keep their declared shapes (synthesize_feeds checks those), the rest are set
-    sized = {name: shape for name, shape in choice.shapes.items() if name in shape_map or name in choice.resolved}
-    feeds = synthesize_feeds(model, SYNTHETIC_FEEDS, sized, seed)
+    feeds, choice = synthesized_feeds(loaded.path if loaded.path is not None else model, model, shape_map, seed)
     info = _data_info("synthetic", read, feeds, feeds, 0, synthetic, calibrates, 0, choice)
     info["seed"] = seed
     return RunData(feeds, [], [], info)
+
+
+def synthesized_feeds(source, model, shape_map: dict[str, tuple[int, ...]], seed: int,
+                      count: int = SYNTHETIC_FEEDS) -> tuple[list[Feed], ShapeChoice]:
+    """`count` generated feeds on shapes the input model runs on (graphopt.shape_search: `--shape`
+    as given, symbolic dims found by running `source`), and how they were chosen."""
+    choice = choose_shapes(source, model, shape_map, seed)
+    # static inputs keep their declared shapes (synthesize_feeds checks those), the rest are set
+    sized = {name: shape for name, shape in choice.shapes.items() if name in shape_map or name in choice.resolved}
+    return synthesize_feeds(model, count, sized, seed), choice
 
 
 def _data_info(verify: str, read: dict[str, int], calibration: Sequence[Feed], verification: Sequence[Feed],

@@ -245,3 +245,13 @@ def test_candidates_respect_the_element_cap(monkeypatch):
     assert [c["height"] for c in shape_search.candidate_sizes(patterns, slots, model)] == [32, 64, 128]
     model.metadata_props["imgsz"] = "[96, 96]"
     assert [c["height"] for c in shape_search.candidate_sizes(patterns, slots, model)] == [96, 32, 64, 128]
+
+
+def test_compare_and_bench_without_data_use_shapes_the_model_runs_on(tmp_path, capsys):
+    """`graphopt compare` / `bench` synthesize like `optimize`: a conv net refused at 1x1 runs."""
+    path = _save(tmp_path, CONV_NET)
+    assert main(["compare", str(path), str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "on 2 feed(s) (synthesized, shapes x [1, 1, 32, 32] (found by running the model))" in out
+    assert main(["bench", str(path), "--runs", "3", "--providers", "cpu"]) == 0
+    assert "feed synthesized, shapes x [1, 1, 32, 32]" in capsys.readouterr().out
