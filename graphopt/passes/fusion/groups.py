@@ -17,7 +17,7 @@ The algebra each group relies on:
   prove constant or the input's own (shape_rules.py, symbolic.py); and chains that compose:
   Transpose∘Transpose (perm composition, identity removed), Reshape∘Reshape (zeros resolved
   first), Reshape∘Transpose of size-1 axes, Unsqueeze∘Unsqueeze, Cast∘Cast where the middle type
-  loses nothing, Slice chains.
+  loses nothing, Slice chains, a Slice of a Slice over other axes (slice_rules.py).
 - matmul-to-gemm: a 2-D MatMul + bias Add = Gemm (TensorRT prefers MatMul; target-dependent).
 
 Every rewrite computes in float re-association at most, hence `reassoc` tolerance.
@@ -38,6 +38,7 @@ from graphopt.passes.fusion.conv_affine import conv_channel_rules
 from graphopt.passes.fusion.neutral import constant_where_rule, neutral_rules
 from graphopt.passes.fusion.recurrent_state import zero_state_rules
 from graphopt.passes.fusion.rules import RuleGroup, RuleOptions, apply_rule_group
+from graphopt.passes.fusion.slice_rules import slice_of_slice_rule
 from graphopt.passes.fusion.safe_rules import (clip_then_clip_rule, clip_then_relu_rule, dropout_inference_rule,
                                                pad_noop_rule, relu_then_clip_rule, reshape_noop_rule)
 from graphopt.passes.fusion.shape_rules import (expand_own_shape_rule, reshape_reshape_exact_rule, reshape_target_rule,
@@ -104,7 +105,8 @@ class Simplify(RuleGroupPass):
         reshape_reshape_exact=reshape_reshape_exact_rule, reshape_reshape=rules.reshape_reshape_rule,
         unsqueeze_unsqueeze=unsqueeze_unsqueeze_rule, cast_cast=rules.cast_cast_rule,
         squeeze_reshape_1d=rules.squeeze_reshape_1d_rule, collapse_slice=rules.collapse_slice_rule,
-        collapse_slice2=rules.collapse_slice2_rule, slice_split=rules.slice_split_rule)
+        collapse_slice2=rules.collapse_slice2_rule, slice_split=rules.slice_split_rule,
+        slice_of_slice=slice_of_slice_rule)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         result = super().run(model, ctx)

@@ -7,6 +7,8 @@ state is provably +0 everywhere (a ConstantOfShape whose value is 0 or absent, o
 constant) and provably of the state's shape ([directions, batch, hidden], or [batch, directions,
 hidden] with layout=1, batch read from X), the input becomes '' (absent) and the chain that
 built it is left dead. -0.0 is not accepted (a -0 state could give -0 where +0 gives +0).
+ONNX Runtime's `com.microsoft::DynamicQuantizeLSTM` (what ORT's dynamic quantizer writes for an
+LSTM) takes the same optional states at the same positions, with the same default.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from onnxscript.rewriter import MatchResult
 from graphopt.passes.fusion.shape_rules import SymbolicRule
 from graphopt.passes.fusion.symbolic import ShapeEval, const, const_array, dims_text, same
 
-STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,), "DynamicQuantizeLSTM": (5, 6)}
 STATE_NAMES = {5: "initial_h", 6: "initial_c"}
-OUTPUTS = {"LSTM": 3, "GRU": 2, "RNN": 2}  # Y, Y_h (, Y_c)
+OUTPUTS = {"LSTM": 3, "GRU": 2, "RNN": 2, "DynamicQuantizeLSTM": 3}  # Y, Y_h (, Y_c)
+DOMAINS = {"DynamicQuantizeLSTM": "com.microsoft"}  # the others: the default domain
 
 
 def _is_positive_zero(array: np.ndarray) -> bool:
@@ -68,7 +71,7 @@ class ZeroRecurrentState(SymbolicRule):
 
     def pattern(self, op, x):
         return getattr(op, self._op_type)(x, _allow_other_inputs=True, _allow_other_attributes=True,
-                                          _outputs=self._outputs)
+                                          _outputs=self._outputs, _domain=DOMAINS.get(self._op_type, ""))
 
     def check(self, context, x, **_) -> MatchResult:
         result = MatchResult()
@@ -95,7 +98,8 @@ class ZeroRecurrentState(SymbolicRule):
         return result
 
     def rewrite(self, op, x, **_):
-        return getattr(op, self._op_type)(*self._inputs, **self._attributes, _outputs=self._outputs)
+        return getattr(op, self._op_type)(*self._inputs, **self._attributes, _outputs=self._outputs,
+                                          _domain=DOMAINS.get(self._op_type, ""))
 
 
 def zero_state_rules() -> dict:

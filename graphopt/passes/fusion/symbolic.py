@@ -7,7 +7,8 @@ value), written `(c, atoms)`; two dims are provably equal when their monomials a
   graph output (ORT does not check a declared output shape: ddddocr's captcha model declares
   [1, seqlen] for a [seq, 1, classes] result); otherwise the dim the producer's shape rule gives
   (elementwise ops keep it, broadcasting takes the non-1 side, Transpose permutes, Reshape with a
-  known target, MatMul/Gemm, Conv's N and C, LSTM/GRU/RNN, Concat, Gather, Unsqueeze, ...);
+  known target, MatMul/Gemm and their integer forms (MatMulInteger, ConvInteger, DynamicQuantizeLinear),
+  Conv's N and C, LSTM/GRU/RNN, Concat, Gather, Unsqueeze, ...);
   otherwise a fresh atom `v[axis]`.
 - `ShapeEval.elements(v)`: the values of a small integer tensor of rank <= 1 (a shape being
   computed at run time: Shape, Gather, Slice, Concat, Unsqueeze, Squeeze, Cast, Mul, Div, Add,

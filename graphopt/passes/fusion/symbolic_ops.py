@@ -83,6 +83,11 @@ def _dims_matmul(ev: Evaluator, node: ir.Node, index: int) -> Optional[list]:
     return []
 
 
+def _dims_dynamic_quantize(ev: Evaluator, node: ir.Node, index: int) -> Optional[list]:
+    """DynamicQuantizeLinear: y has x's shape; y_scale and y_zero_point are scalars."""
+    return ev.dims(node.inputs[0]) if index == 0 else []
+
+
 def _dims_gemm(ev: Evaluator, node: ir.Node, index: int) -> Optional[list]:
     a, b = ev.dims(node.inputs[0]), ev.dims(node.inputs[1])
     if a is None or b is None or len(a) != 2 or len(b) != 2:
@@ -96,7 +101,7 @@ def _dims_conv(ev: Evaluator, node: ir.Node, index: int) -> Optional[list]:
     w = ev.dims(node.inputs[1]) if len(node.inputs) > 1 else None
     if x is None:
         return None
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "ConvInteger"):
         channels = w[0] if w else None
     elif node.op_type == "ConvTranspose":
         channels = mul(w[1], const(node.attributes.get_int("group", 1))) if w else None
@@ -254,7 +259,8 @@ def _dims_reduce(ev: Evaluator, node: ir.Node, index: int) -> Optional[list]:
 
 DIM_RULES = {
     "Transpose": _dims_transpose, "Reshape": _dims_reshape, "MatMul": _dims_matmul, "Gemm": _dims_gemm,
-    "Conv": _dims_conv, "ConvTranspose": _dims_conv, "MaxPool": _dims_conv, "AveragePool": _dims_conv,
+    "MatMulInteger": _dims_matmul, "DynamicQuantizeLinear": _dims_dynamic_quantize,
+    "Conv": _dims_conv, "ConvInteger": _dims_conv, "ConvTranspose": _dims_conv, "MaxPool": _dims_conv, "AveragePool": _dims_conv,
     "LpPool": _dims_conv, "GlobalAveragePool": _dims_conv, "GlobalMaxPool": _dims_conv,
     "GlobalLpPool": _dims_conv, "Unsqueeze": _dims_unsqueeze, "Squeeze": _dims_squeeze,
     "Flatten": _dims_flatten, "Concat": _dims_concat, "Gather": _dims_gather, "Expand": _dims_expand,

@@ -214,3 +214,23 @@ def test_crnn_head_keeps_only_the_compute_nodes():
     simplify = next(p for p in result.report["passes"] if p["name"] == "simplify")
     assert any("output 'out'" in line for line in simplify["stats"]["declarations_repaired"])
     assert len(result.model.graph.output[0].type.tensor_type.shape.dim) == 3
+
+
+def test_dynamic_quantize_lstm_zero_state_is_dropped(tmp_path):
+    """ORT's quantize_dynamic turns the LSTM into com.microsoft::DynamicQuantizeLSTM (ddddocr's
+    common_old.onnx has one): its zero initial states go too, outputs bitwise equal."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    onnx.save(recurrent("LSTM", outputs=3), tmp_path / "f.onnx")
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), op_types_to_quantize=["LSTM"])
+    proto = onnx.load(tmp_path / "q.onnx")
+    assert [n.op_type for n in proto.graph.node].count("DynamicQuantizeLSTM") == 1
+    model, stats = simplified(proto)
+    (node,) = [n for n in model.graph if n.op_type == "DynamicQuantizeLSTM"]
+    assert node.inputs[5] is None and node.inputs[6] is None and "ConstantOfShape" not in Counter(
+        n.op_type for n in model.graph)
+    out = ir.serde.serialize_model(model)
+    for shape in ((5, 2, FEATURES), (1, 1, FEATURES)):
+        feed = {"x": RNG.standard_normal(shape).astype(np.float32)}
+        for a, b in zip(run_ort(proto, feed), run_ort(out, feed)):
+            assert np.array_equal(a, b)

@@ -297,3 +297,28 @@ def test_reshape_to_own_symbolic_shape_is_removed(target, noop, caplog):
         assert "reshape_noop: Reshape" in caplog.text
     empty_runs = "-1" not in target  # -1 with an empty tensor: ORT refuses the input model too
     assert_bitwise(proto, model, [x_feed(3, 1, 512)] + ([x_feed(0, 1, 512)] if empty_runs else []))
+
+
+# A dynamically quantized layer (ORT's quantize_dynamic form): the Reshape target reads the batch
+# from the layer's float input; the rows pass through DynamicQuantizeLinear and MatMulInteger.
+INTEGER_MATMUL_TARGET = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[T, 4] x) => (int32[T, 2, 3] y) <uint8[4, 6] w = {1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24},
+    int64 i0 = {0}, int64[1] a0 = {0}, int64[2] rest = {2, 3}> {
+    q, scale, zero = DynamicQuantizeLinear(x)
+    m = MatMulInteger(q, w)
+    s = Shape(x)
+    d0 = Gather(s, i0)
+    u0 = Unsqueeze(d0, a0)
+    target = Concat <axis = 0> (u0, rest)
+    y = Reshape(m, target)
+}"""
+
+
+def test_a_target_read_across_integer_matmul_is_resolved():
+    proto = onnx.parser.parse_model(INTEGER_MATMUL_TARGET)
+    model, stats = simplified(proto)
+    assert stats["rewrites"]["reshape_target"] == 1 and "Shape" not in ops(model)
+    (node,) = [n for n in model.graph if n.op_type == "Reshape"]
+    assert node.inputs[1].const_value.numpy().tolist() == [0, 2, 3]
+    assert_bitwise(proto, model, [x_feed(5, 4), x_feed(1, 4)])
