@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import ctypes
 import functools
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -230,10 +231,13 @@ def return_freed_memory() -> None:
 def run_feeds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Run every feed; outputs keyed by name. Non-tensor outputs are rejected clearly."""
     names = [o.name for o in session.get_outputs()]
+    options = ort.RunOptions()
+    if not logging.getLogger("graphopt").isEnabledFor(logging.DEBUG):
+        options.log_severity_level = 4  # a failure is raised as one line below; ORT's own log line only with --debug
     results = []
     for feed in feeds:
         try:
-            values = session.run(names, feed)
+            values = session.run(names, feed, options)
         except Exception as exc:
             raise InputError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from None
         results.append({n: np.asarray(v) for n, v in zip(names, values)})

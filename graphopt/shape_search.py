@@ -18,6 +18,9 @@ detector that does run on a 1x1 image verifies nothing. The rule:
     sequence   seq, sequence, length, time, frames, tokens; an integer [N, T]: 16, 32, 64, 128
     samples    samples, audio, wav; a float [L], [N, L] or [N, 1, L] (a signal): 512, 1024, 4096, 16000
     other      1, 2, 3, 4, 8, ... 1024
+- A dim whose size follows from others (a KV-cache decoder's mask length `total` = past + seq,
+  or a dim_param written as an expression such as "past_sequence_length + 1") is set from them
+  in every candidate, never sized on its own (graphopt.derived_dims).
 - Candidate k gives every dim its kind's k-th size (its last, when it has fewer), so candidates
   grow in cost; a size the model states in its metadata (`imgsz`, `input_size`, ...) goes first.
   Candidates over MAX_ELEMENTS input elements (fewer on models over LARGE_MODEL_BYTES of weights)
@@ -41,6 +44,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphopt.data import InputSpec, input_specs, synthesize_feeds
+from graphopt.derived_dims import derivations
 from graphopt.errors import InputError
 from graphopt.io import weight_bytes
 from graphopt.runtime import create_session, return_freed_memory
@@ -233,17 +237,33 @@ def candidate_sizes(patterns: dict[str, tuple], slots: dict[str, DimSlot],
                     model: ir.Model) -> list[dict[str, int]]:
     """Size per slot for each candidate to run, in order: the stated size, then candidate k gives
     each slot its k-th size; over the element cap left out (never the cheapest), at most MAX_TRIES."""
-    depth = max(len(slot.sizes) for slot in slots.values())
+    derived = derivations({label: label for label in slots}, {k for k, slot in slots.items() if slot.kind == SEQUENCE})
+    depth = max(len(slot.sizes) for label, slot in slots.items() if label not in derived) if len(derived) < len(
+        slots) else 1
     levels = [{label: slot.sizes[min(k, len(slot.sizes) - 1)] for label, slot in slots.items()}
               for k in range(depth)]
     stated = _stated_candidate(patterns, slots, levels[0], stated_sides(model))
     cap = element_cap(model)
+    cheapest = _with_derived(levels[0], derived)
     candidates: list[dict[str, int]] = []
     for candidate in ([stated] if stated else []) + levels:
-        if candidate in candidates or (candidate != levels[0] and _elements(patterns, candidate) > cap):
+        candidate = _with_derived(candidate, derived)
+        if candidate is None or candidate in candidates or (
+                candidate != cheapest and _elements(patterns, candidate) > cap):
             continue
         candidates.append(candidate)
     return candidates[:MAX_TRIES]
+
+
+def _with_derived(candidate: dict[str, int], derived: dict) -> dict[str, int] | None:
+    """The candidate with each derived dim (graphopt.derived_dims) set from the others; None when
+    one comes out below 1."""
+    sizes = dict(candidate)
+    for label, size_of in derived.items():
+        sizes[label] = size_of(sizes)
+        if sizes[label] < 1:
+            return None
+    return sizes
 
 
 def _stated_candidate(patterns: dict[str, tuple], slots: dict[str, DimSlot], first: dict[str, int],

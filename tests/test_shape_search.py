@@ -255,3 +255,45 @@ def test_compare_and_bench_without_data_use_shapes_the_model_runs_on(tmp_path, c
     assert "on 2 feed(s) (synthesized, shapes x [1, 1, 32, 32] (found by running the model))" in out
     assert main(["bench", str(path), "--runs", "3", "--providers", "cpu"]) == 0
     assert "feed synthesized, shapes x [1, 1, 32, 32]" in capsys.readouterr().out
+
+
+# A KV-cache step: the cached keys grow by the new tokens and meet the mask, so the mask's
+# length must be past + seq (sizing every dim alike never runs it).
+KV_STEP = HEADER + """
+g (float[batch, seq, 4] x, float[batch, %s, 4] past, int64[batch, %s] mask) => (float[batch, T, 4] y) {
+    keys = Concat <axis = 1> (past, x)
+    m = Cast <to = 1> (mask)
+    axes = Constant <value = int64[1] {-1}> ()
+    m3 = Unsqueeze (m, axes)
+    y = Mul (keys, m3)
+}"""
+
+
+@pytest.mark.parametrize("past, total, chosen", [
+    ("past", "total", "batch=1, seq=16, past=16, total=32"),
+    ("past_sequence_length", "past_sequence_length + seq",
+     "batch=1, seq=16, past_sequence_length=16, past_sequence_length + seq=32"),
+], ids=["total-beside-past", "expression"])
+def test_a_mask_length_follows_past_and_seq(tmp_path, past, total, chosen):
+    proto = parse(KV_STEP % (past, "total"))
+    proto.graph.input[2].type.tensor_type.shape.dim[1].dim_param = total  # the text parser takes names only
+    path = tmp_path / "kv.onnx"
+    onnx.save(proto, path)
+    run = _synthetic(path)
+    assert run.info["shape_search"]["chosen"] == chosen
+    assert run.verification[0]["mask"].shape == (1, 32) and run.verification[0]["past"].shape == (1, 16, 4)
+
+
+def test_a_model_that_fails_on_its_only_candidate_is_one_line_without_ort_log(tmp_path, capfd):
+    """A Gather past its table on the synthesized feed: one line from graphopt, no ORT log line."""
+    text = HEADER + """
+g (int64[1] i) => (float[1, 2] y) {
+    t = Constant <value = float[3, 2] {0, 0, 0, 0, 0, 0}> ()
+    five = Constant <value = int64[1] {5}> ()
+    j = Add (i, five)
+    y = Gather (t, j)
+}"""
+    code = main(["optimize", str(_save(tmp_path, text)), "-o", str(tmp_path / "o.onnx")])
+    _, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("graphopt: error: ONNX Runtime failed"), err

@@ -58,6 +58,7 @@ sys.exit(code)
 def _decoder_module():
     spec = importlib.util.spec_from_file_location("bench_decoder_builder", ROOT / "tests" / "models" / "decoder.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
