@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path)
     parser.add_argument("--layers", type=int, default=22)
+    parser.add_argument("--recipes", default="lossless",
+                        help="comma-separated recipes; lossy ones run with --calib synthetic (random-init "
+                             "weights: memory and time, not fidelity)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
@@ -98,16 +102,21 @@ def main() -> None:
         weights = sum(f.stat().st_size for f in files) / 2**20
         print(cpu_line())
         print(f"\n{model.stat().st_size / 2**20:.1f} MB graph, {len(files)} external files, {weights:.0f} MB of weights\n")
-        print("| step | seconds | peak RSS MB | x weights |\n|---|---|---|---|")
+        print("| step | seconds | peak RSS MB | x weights | output |\n|---|---|---|---|---|")
         seconds, peak, _ = child(ORT_ONLY, [str(model)])
-        print(f"| ORT session alone (load + one decode step) | {seconds:.1f} | {peak:.0f} | {peak / weights:.2f} |",
+        print(f"| ORT session alone (load + one decode step) | {seconds:.1f} | {peak:.0f} | {peak / weights:.2f} | |",
               flush=True)
-        out = Path(tmp) / "out" / "model.onnx"
-        out.parent.mkdir()
-        seconds, peak, stdout = child(GRAPHOPT, ["optimize", str(model), "-o", str(out)])
-        print(f"| `graphopt optimize M -o OUT` (no data, default recipe) | {seconds:.1f} | {peak:.0f} | "
-              f"{peak / weights:.2f} |\n")
-        print(stdout)
+        for recipe in args.recipes.split(","):
+            out = Path(tmp) / f"out-{recipe}" / "model.onnx"
+            out.parent.mkdir()
+            extra = [] if recipe == "lossless" else ["--calib", "synthetic"]
+            seconds, peak, stdout = child(GRAPHOPT, ["optimize", str(model), "-o", str(out), "--recipe", recipe,
+                                                     *extra])
+            size = sum(f.stat().st_size for f in out.parent.iterdir()) / 2**20
+            print(f"| `graphopt optimize M -o OUT --recipe {recipe}` (no data{', --calib synthetic' if extra else ''}) "
+                  f"| {seconds:.1f} | {peak:.0f} | {peak / weights:.2f} | {size:.0f} MB out |\n", flush=True)
+            print(stdout, flush=True)
+            shutil.rmtree(out.parent)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,14 @@ clipped range), so every member gets the same (s, z). Weight channel axes, by op
 Who reads the dequantized value: every consumer when the producer's kernel needs the output Q
 (or is a shared op / quantized elementwise op, or the Q absorbed a Relu); otherwise only the
 quantized consumers, so float consumers (a residual Add beside a MatMul) keep the exact value.
+A graph output that an `always` op computes is the DQ itself (under the output's name).
+
+Types: the profile's activation type, or its `wide` type (uint16) for the `wide` tensors a budget
+fallback chose; an INT32 bias (s_b = s_x·s_w) only behind an 8-bit x, else the bias stays float.
+Constants that a plan quantizes take their own range; one whose elements are all equal (c, not
+in a scale group) is stored exactly: from the (s, z) of its range, m = round(|c| / s) steps, the
+scale becomes s' = |c| / 2^floor(log2 m) and q = z ± 2^floor(log2 m), so (q - z)·s' = c in
+floating point (a Pow exponent 2 must stay 2: Pow(x < 0, 2.0000002) is NaN).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ class Applied:
     nodes_added: int = 0
     relu_folded: int = 0
     bytes_added: int = 0  # quantized weight copies whose float original float nodes still read
+    bits: dict[str, int] = field(default_factory=dict)  # quantized activation (not constant) -> its bits
 
 
 def weight_axis(node: ir.Node, rank: int) -> int:
@@ -46,8 +55,9 @@ def weight_axis(node: ir.Node, rank: int) -> int:
     return rank - 1  # MatMul: output columns
 
 
-def tensor_params(plan: Plan, ranges: dict[str, tuple[float, float]], qtype: TensorType) -> dict[str, QParams]:
-    """(s, z) per quantized tensor; one per scale group."""
+def tensor_params(plan: Plan, ranges: dict[str, tuple[float, float]], qtype: TensorType,
+                  wide: frozenset[str] = frozenset(), wide_type: TensorType | None = None) -> dict[str, QParams]:
+    """(s, z) per quantized tensor; one per scale group; the `wide` tensors in `wide_type`."""
     clipped = {}
     for name in plan.tensors:
         lo, hi = ranges.get(name, (0.0, 0.0))
@@ -61,38 +71,27 @@ def tensor_params(plan: Plan, ranges: dict[str, tuple[float, float]], qtype: Ten
     for group in plan.groups:
         lo = min(clipped[m][0] for m in group)
         hi = max(clipped[m][1] for m in group)
-        shared = activation_params(lo, hi, qtype)
+        shared = activation_params(lo, hi, wide_type if group & wide else qtype)
         params.update({m: shared for m in group})
         grouped |= group
     for name in plan.tensors - grouped:
-        params[name] = activation_params(*clipped[name], qtype)
+        params[name] = activation_params(*clipped[name], wide_type if name in wide else qtype)
     return params
 
 
 def apply_plan(model: ir.Model, plan: Plan, ranges: dict[str, tuple[float, float]], profile: QuantProfile,
-               per_channel: bool, fresh, cache: dict | None = None) -> Applied:
-    """Rewrite `model` in place; `cache` (any dict) keeps quantized weights across candidates."""
+               per_channel: bool, fresh, cache: dict | None = None, wide: frozenset[str] = frozenset()) -> Applied:
+    """Rewrite `model` in place; `cache` (any dict) keeps quantized weights across candidates;
+    `wide`: tensors in the profile's wide type (a budget fallback)."""
     graph = model.graph
     cache = {} if cache is None else cache
-    applied = Applied(params=tensor_params(plan, ranges, profile.activation))
+    applied = Applied(params=tensor_params(plan, ranges, profile.activation, wide, profile.wide))
     writer = QdqWriter(graph, fresh)
     shared: dict[tuple, ir.Value] = {}  # one DQ per quantized weight, whoever reads it
     for unit in plan.units.values():  # first: the bias scale needs the unit's input name
         if unit.weight is not None:
             _quantize_weight_input(unit, applied, writer, profile, per_channel, (cache, shared))
-    values = _values(graph)
-    everyone = {n: _all_read_dq(values[n], plan) for n in plan.tensors if n in values}  # before rewiring
-    for name in sorted(plan.tensors):
-        value = values.get(name)
-        if value is None:  # rows of an embedding table: already dequantized after the Gather
-            continue
-        if is_constant(value):
-            q = _quantize_constant(constant_array(value), applied.params[name])
-            dq = writer.dequantized_constant(name, q, applied.params[name], value.dtype)
-            _rewire_consumers(value, dq, plan, everyone=False)
-            continue
-        dq = writer.quantize_dequantize(values[plan.physical(name)], applied.params[name])
-        _rewire_consumers(value, dq, plan, everyone=everyone[name])
+    _quantize_tensors(graph, plan, profile, applied, writer)
     for relu in plan.folds.values():
         if not relu.outputs[0].uses() and not relu.outputs[0].is_graph_output():
             graph.remove(relu, safe=True)
@@ -101,6 +100,60 @@ def apply_plan(model: ir.Model, plan: Plan, ranges: dict[str, tuple[float, float
     applied.bytes_added = _copies_beside_float(graph, shared)
     graph.sort()
     return applied
+
+
+def _quantize_tensors(graph: ir.Graph, plan: Plan, profile: QuantProfile, applied: Applied,
+                      writer: QdqWriter) -> None:
+    """A Q/DQ pair after each quantized activation, a DQ'd copy of each quantized constant."""
+    values = _values(graph)
+    everyone = {n: _all_read_dq(values[n], plan) for n in plan.tensors if n in values}  # before rewiring
+    grouped = set().union(*plan.groups)
+    for name in sorted(plan.tensors):
+        value = values.get(name)
+        if value is None:  # rows of an embedding table: already dequantized after the Gather
+            continue
+        if is_constant(value):
+            array = constant_array(value)
+            qp = applied.params[name] if name in grouped else exact_constant(array, applied.params[name])
+            applied.params[name] = qp
+            dq = writer.dequantized_constant(name, _quantize_constant(array, qp), qp, value.dtype)
+            _rewire_consumers(value, dq, plan, everyone=False)
+            drop_if_dead(value, graph)
+            continue
+        dq = writer.quantize_dequantize(values[plan.physical(name)], applied.params[name])
+        applied.bits[name] = 8 * applied.params[name].dtype.itemsize
+        _rewire_consumers(value, dq, plan, everyone=everyone[name])
+        if value.is_graph_output() and plan.physical(name) == name and _always(value, plan, profile):
+            _output_is_dq(graph, value, dq, writer.fresh)
+
+
+def exact_constant(array: np.ndarray, qp: QParams) -> QParams:
+    """`qp`, or for a constant whose elements all equal c != 0 the scale that stores c exactly:
+    s' = |c| / 2^k with 2^k <= round(|c| / s) (the steps qp gives), q = z ± 2^k."""
+    flat = array.reshape(-1).astype(np.float32)
+    if flat.size == 0 or not np.all(flat == flat[0]) or not np.isfinite(flat[0]) or flat[0] == 0 \
+            or qp.scale.size != 1:
+        return qp
+    steps = max(float(np.round(abs(flat[0]) / float(qp.scale))), 1.0)
+    return QParams(np.array(abs(flat[0]) / 2.0 ** np.floor(np.log2(steps)), np.float32), qp.zero_point, qp.axis)
+
+
+def _always(value: ir.Value, plan: Plan, profile: QuantProfile) -> bool:
+    """Whether `value`'s producer is quantized by an `always` rule (its output Q is part of it)."""
+    producer = value.producer()
+    if producer is None:
+        return False
+    unit = plan.unit_of(producer)
+    rule = unit.rule if unit is not None else profile.rule(producer.op_type)
+    return rule is not None and rule.always
+
+
+def _output_is_dq(graph: ir.Graph, value: ir.Value, dq: ir.Value, fresh) -> None:
+    """The graph output `value` becomes the DQ after it, under the output's name."""
+    name = value.name
+    value.name = fresh(f"{name}_float")
+    dq.name = name
+    graph.outputs[graph.outputs.index(value)] = dq
 
 
 def _copies_beside_float(graph: ir.Graph, shared: dict[tuple, ir.Value]) -> int:
@@ -180,7 +233,7 @@ def _quantize_weight_input(unit: Unit, applied: Applied, writer: QdqWriter, prof
     qp, q, sqnr = _cached_weight(weight_value, axis, profile.weight, cache)
     report = {"op": node.op_type, "weight": weight_value.name, "shape": list(weight.shape),
               "axis": axis, "bits": profile.weight.bits, "sqnr_db": sqnr}
-    if unit.bias is not None and profile.bias_int32 and unit.names and unit.names[0] in applied.params:
+    if _int32_bias(unit, applied, profile, qp):
         x_scale = float(applied.params[unit.names[0]].scale)
         bias_value = node.inputs[unit.bias]
         bp, bq, grown_qp, grown_q = bias_params(constant_array(bias_value), x_scale, qp, weight, profile.weight)
@@ -199,6 +252,15 @@ def _quantize_weight_input(unit: Unit, applied: Applied, writer: QdqWriter, prof
         shared[key] = writer.dequantized_constant(weight_value.name, q, qp, weight_value.dtype)
     node.replace_input_with(unit.weight, shared[key])
     drop_if_dead(weight_value, writer.graph)
+
+
+def _int32_bias(unit: Unit, applied: Applied, profile: QuantProfile, weight: QParams) -> bool:
+    """An INT32 bias at s_x·s_w: where the profile has them, x is 8-bit (with 16-bit x it would
+    overflow) and the weight has one scale per bias element or one in all."""
+    x = applied.params.get(unit.names[0]) if unit.bias is not None and unit.names else None
+    if x is None or not profile.bias_int32 or x.dtype.itemsize != 1:
+        return False
+    return weight.scale.size in (1, constant_array(unit.node.inputs[unit.bias]).size)
 
 
 def drop_if_dead(value: ir.Value, graph: ir.Graph) -> None:

@@ -5,6 +5,10 @@ feeds, the resolved profile and the calibration options built once from the pass
 its steps then take the job instead of threading those values through closures and long
 parameter lists. A `Builder` turns one calibration's ranges into candidates (the budget search
 and the speed check ask for many, with different units kept float).
+
+The search's `disabled` units go back to float, or, for a profile with a `wide` type (qnn), stay
+quantized with their activations in that type (`Plan.widened`): the search code is the same, the
+candidate interprets the set. A candidate with 16-bit tensors is raised to opset 21.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from typing import Callable, Iterable
 
 import onnx_ir as ir
 
-from graphopt.pass_api import PassContext
+from graphopt.pass_api import PassContext, default_opset
 from graphopt.passes.quantize.apply import apply_plan
 from graphopt.passes.quantize.calibration import CalibrationOptions
-from graphopt.passes.quantize.options import QuantizeOptions
+from graphopt.passes.quantize.options import SIXTEEN_BIT_OPSET, QuantizeOptions
 from graphopt.passes.quantize.plan import Exclusion, Plan, build_plan
 from graphopt.passes.quantize.profiles import QuantProfile
 from graphopt.passes.quantize.ranges import Calibration, Overrides, calibrate_ranges
@@ -73,12 +77,24 @@ class QuantJob:
 
     @timed("candidate build")
     def candidate(self, calibration: Calibration, disabled: frozenset[str]) -> Candidate:
-        """`work` quantized with `calibration`'s ranges, the `disabled` units kept float."""
+        """`work` quantized with `calibration`'s ranges, the `disabled` units kept float (or, with a
+        `wide` profile, their activations in the wide type)."""
         model = self.work.clone()
-        plan = build_plan(model.graph, self.profile, self.excluded, calibration.float_tensors, disabled)
+        widen = self.profile.wide is not None
+        plan = build_plan(model.graph, self.profile, self.excluded, calibration.float_tensors,
+                          frozenset() if widen else disabled)
+        wide = plan.widened(disabled) if widen else frozenset()
         applied = apply_plan(model, plan, calibration.ranges, self.profile, self.per_channel,
-                             self.ctx.names(model).fresh, self.weights)
+                             self.ctx.names(model).fresh, self.weights, wide)
+        if any(bits > 8 for bits in applied.bits.values()) and default_opset(model) < SIXTEEN_BIT_OPSET:
+            applied.bytes_added += self._raise_opset(model)
         return Candidate(model, plan, applied, disabled)
+
+    def _raise_opset(self, model: ir.Model) -> int:
+        """16-bit Q/DQ needs opset 21: the candidate is raised (exact); the bytes that added."""
+        from graphopt.passes.opset import RaiseOpset
+
+        return RaiseOpset(target=SIXTEEN_BIT_OPSET).run(model, self.ctx).stats.get("bytes_added", 0)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ FLOAT8_OPSET = 19  # ... with float8 types
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    profile: str = "ort-cpu"  # ort-cpu|tensorrt|openvino, or a .toml/.json/.yaml profile file
+    profile: str = "ort-cpu"  # ort-cpu|tensorrt|openvino|qnn, or a .toml/.json/.yaml profile file
     method: Method = "percentile"
     percentile: float = 99.999
     per_channel: bool = True
@@ -34,8 +34,8 @@ class QuantizeOptions:
     exclude_regex: str = ""
     overrides: tuple[str, ...] = ()  # NAME=float or NAME=LO..HI
     budget_share: float = 1.0
-    fallback: bool = True  # put sensitive nodes back to float until the budget holds
-    max_fallback: int = 64  # at most this many nodes go back to float
+    fallback: bool = True  # put sensitive nodes back to float (qnn: in 16-bit) until the budget holds
+    max_fallback: int = 64  # at most this many nodes go back to float (qnn: to 16-bit)
     smooth: bool = True  # SmoothQuant for MatMul/Gemm inputs with outlier channels (alpha searched)
     rank: Literal["sqnr", "measured"] = "sqnr"  # fallback order: SQNR proxy, or one measurement per node
     sqnr_batches: int = 4  # calibration batches the per-tensor SQNR report uses
@@ -97,7 +97,9 @@ def resolve_profile(options: QuantizeOptions) -> QuantProfile:
                             options.weight_bits or weight.bits)
     # a Relu folds into the Q after it only where the Q's range starts at 0 (asymmetric: z = qmin);
     # a symmetric Q keeps the negative half, so absorbing the Relu would let negatives through
-    profile = replace(profile, activation=act, weight=weight, fold_relu=profile.fold_relu and not act.symmetric)
+    # a wide fallback (qnn: uint16) only widens 8-bit activations; 16-bit or float8 ones go back to float
+    profile = replace(profile, activation=act, weight=weight, fold_relu=profile.fold_relu and not act.symmetric,
+                      wide=None if act.beyond_int8 else profile.wide)
     if act.is_float8 or weight.is_float8:
         profile = with_float8_rules(profile)
     return with_sixteen_bit_rules(profile) if act.dtype in SIXTEEN_BIT else profile

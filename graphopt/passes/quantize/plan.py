@@ -10,12 +10,20 @@ Placement follows the target profile (profiles.py) in three steps:
    Transpose, MaxPool, ...) whose input is quantized gets a quantized output in the same scale
    group; an `elementwise` op (Add, Concat, pooling) all of whose non-constant inputs are
    quantized becomes a unit too (its constant inputs are quantized like activations).
+   A rule with `always` (the qnn profile's, and its `default` rule for op types it does not list)
+   places its op whatever the neighbours: an elementwise op becomes a unit on every float input
+   (constants too) with a Q on every float output, a shared op quantizes its float input and
+   outputs; an op with no float input or output (an integer path: shapes, indices) is left alone.
 3. Relu folding. When a quantized tensor is the output of a Relu or Clip(0, b) whose input has no
    other use, the Q moves onto that input with the clipped range [max(0, lo), min(b, hi)] and the
    Relu/Clip goes away: with a zero point at the bottom of the range, saturation is the clamp.
 
 Scale groups: tensors joined by `shared` ops or a unit with `shares_scale` (Concat, pooling) get
 one (scale, zero point), the union of their ranges, so runtimes drop the Q/DQ pairs around them.
+
+Widening (a profile with `wide`, qnn): the budget search's units are not put back to float but
+get their activation tensors (non-constant inputs, quantized outputs) in the wide type; a scale
+group with one such member is wide as a whole (`Plan.widened`).
 """
 
 from __future__ import annotations
@@ -63,6 +71,20 @@ class Plan:
 
     def unit_of(self, node: ir.Node | None) -> Unit | None:
         return self.by_node.get(node) if node is not None else None
+
+    def widened(self, units: frozenset[str]) -> frozenset[str]:
+        """The tensors a budget fallback widens for `units`: their non-constant activation inputs and
+        quantized outputs, with every scale group holding one of them (a group is one type)."""
+        folded = {fold.inputs[0].name: name for name, fold in self.folds.items()}
+        wide: set[str] = set()
+        for key in units & self.units.keys():
+            node = self.units[key].node
+            wide.update(node.inputs[i].name for i in self.units[key].activations if not is_constant(node.inputs[i]))
+            wide.update(folded.get(o.name, o.name) for o in node.outputs)
+        for group in self.groups:
+            if group & wide:
+                wide |= group
+        return frozenset(wide & self.tensors)
 
     def physical(self, name: str) -> str:
         """The value that carries the Q for quantized `name` (the Relu input when folded)."""
@@ -150,17 +172,8 @@ def build_plan(graph: ir.Graph, profile: QuantProfile, excluded: Exclusion,
             continue
         key = plan.keys[node]
         reason = excluded(node) or ("kept float by the accuracy budget" if key in disabled else None)
-        if reason is None and rule.role in ("compute", "activation", "embedding"):
-            made = _unit_for(key, node, rule, profile)
-            reason = made if isinstance(made, str) else None
-            if reason is None:
-                if any(node.inputs[i].name in float_tensors for i in made.activations):
-                    reason = "an input is kept float by an override"
-                else:
-                    plan.add(made)
-                    plan.tensors.update(node.inputs[i].name for i in made.activations)
-                    if rule.output and is_float(node.outputs[0]):
-                        plan.tensors.add(_output_tensor(node.outputs[0], profile))
+        if reason is None:
+            reason = _place(key, node, rule, profile, plan, float_tensors)
         if reason is not None:
             plan.skipped[key] = reason
     _propagate(graph, profile, plan, excluded, float_tensors, disabled)
@@ -168,6 +181,49 @@ def build_plan(graph: ir.Graph, profile: QuantProfile, excluded: Exclusion,
     _fold_activations(graph, profile, plan)
     plan.groups = _scale_groups(graph, plan)
     return plan
+
+
+def _place(key: str, node: ir.Node, rule: OpRule, profile: QuantProfile, plan: Plan,
+           float_tensors: frozenset[str]) -> str | None:
+    """Place a node its own rule quantizes (compute, activation, embedding, or `always`); why not."""
+    if rule.always and rule.role in ("shared", "elementwise"):
+        _place_always(key, node, rule, profile, plan)
+        return None
+    if rule.role not in ("compute", "activation", "embedding"):
+        return None
+    made = _unit_for(key, node, rule, profile)
+    if isinstance(made, str):
+        return made
+    if any(node.inputs[i].name in float_tensors for i in made.activations):
+        return "an input is kept float by an override"
+    plan.add(made)
+    plan.tensors.update(node.inputs[i].name for i in made.activations)
+    if rule.output:
+        _add_outputs(node, profile, plan)
+    return None
+
+
+def _place_always(key: str, node: ir.Node, rule: OpRule, profile: QuantProfile, plan: Plan) -> None:
+    """`always`: a shared op quantizes its float input and outputs (one scale group); an elementwise
+    op becomes a unit on its float inputs, constants included, with Qs on its float outputs. An op
+    with no float input or output (an integer path) is left alone."""
+    outputs = [o for o in node.outputs if is_float(o)]
+    if rule.role == "shared":
+        source = node.inputs[0] if node.inputs else None
+        if is_float(source) and outputs:
+            plan.tensors.update([source.name, *(o.name for o in outputs)])
+        return
+    inputs = [i for i in _elementwise_inputs(node, rule) if is_float(node.inputs[i])]
+    if inputs or outputs:
+        plan.add(Unit(key, node, rule, inputs))
+        plan.tensors.update(node.inputs[i].name for i in inputs)
+        if rule.output:
+            _add_outputs(node, profile, plan)
+
+
+def _add_outputs(node: ir.Node, profile: QuantProfile, plan: Plan) -> None:
+    """The Q of each float output of a unit whose kernel needs one."""
+    plan.tensors.update(_output_tensor(o, profile) for o in node.outputs if is_float(o))
 
 
 def _propagate(graph, profile, plan, excluded, float_tensors, disabled) -> None:

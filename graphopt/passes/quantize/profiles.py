@@ -17,8 +17,23 @@ A profile says, per op type, what the runtime fuses into integer kernels:
   no needless requantization happens.
 - `embedding`: Gather from a constant table: the table is stored as INT8 and the gathered rows
   are dequantized (y = (Gather(q, idx) - z)·s).
+- `always` (a flag of any rule): the op is quantized whatever its neighbours: every float input,
+  constants included, is read through a DequantizeLinear and every float output goes through a
+  QuantizeLinear (a graph output then reads the DQ); a `shared` op quantizes its float input too.
 
-Everything not listed stays float (LayerNormalization, Softmax, GELU, attention-mask arithmetic).
+Everything not listed stays float (LayerNormalization, Softmax, GELU, attention-mask arithmetic),
+unless the profile has a `default` rule: then every op type it does not list takes that rule,
+except the ops that do no float arithmetic (NO_FLOAT_MATH: Shape, Range, Constant, Q/DQ, If, ...).
+
+- `qnn` (Qualcomm QNN HTP, its QDQ format): every op that computes on floats runs quantized, so
+  there is no float island between the first Q and the last DQ: Conv/MatMul/Gemm with INT8
+  per-channel weights and an output Q, every other float op (Add, Mul, Softmax,
+  LayerNormalization, Gelu, Erf, Pow, ReduceMean, Concat, pooling, Resize, ...) by the `default`
+  rule with its constant operands as 8-bit constants behind a DequantizeLinear, data movement
+  (Reshape, Transpose, Squeeze, Slice, Split, MaxPool, Flatten, ...) sharing its input's scale;
+  integer paths (shapes, indices) untouched. Its budget fallback is `wide`: a unit the search
+  picks keeps Q/DQ but with UINT16 activations (inputs and outputs, whole scale groups; opset 21,
+  float bias) instead of going back to float; no latency check (no QNN runtime here).
 
 Types: activations are asymmetric UINT8 (real range [lo, hi] -> s = (hi-lo)/255, z = round(-lo/s))
 or symmetric INT8 (s = max|x|/127, z = 0); weights are symmetric per output channel with
@@ -54,6 +69,7 @@ class OpRule:
     depthwise: bool = True  # grouped/depthwise Conv quantized too
     constants: bool = True  # elementwise: constant operands may be quantized (else two activations needed)
     skip_fused: bool = False  # activation ops: leave operands a compute op produces to the runtime's fusion
+    always: bool = False  # quantized whatever its neighbours: float inputs (constants too) via DQ, outputs via Q
 
 
 FLOAT8 = {"float8e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn)}  # name -> numpy dtype (ml_dtypes)
@@ -94,9 +110,12 @@ class QuantProfile:
     latency_provider: str = "cpu"  # graphopt.runtime.PROVIDERS key the speed check times on
     gemm_bias: bool = False  # MatMul + bias before a Reshape -> 2-D Gemm, bias in the kernel (gemm.py)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    default: OpRule | None = None  # the rule of op types `ops` does not list (but NO_FLOAT_MATH)
+    wide: TensorType | None = None  # budget fallback: a unit's activations widen to this type, not float
 
     def rule(self, op_type: str) -> OpRule | None:
-        return self.ops.get(op_type)
+        rule = self.ops.get(op_type)
+        return self.default if rule is None and op_type not in NO_FLOAT_MATH else rule
 
 
 def _compute(weight: int, bias: int | None, output: bool, activations=(0,)) -> OpRule:
@@ -104,6 +123,11 @@ def _compute(weight: int, bias: int | None, output: bool, activations=(0,)) -> O
 
 
 SHARED = OpRule("shared")
+# ops that do no float arithmetic: a profile's `default` rule never applies to them
+NO_FLOAT_MATH = frozenset({"Shape", "Size", "Constant", "ConstantOfShape", "Range", "NonZero", "EyeLike",
+                           "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "If", "Loop", "Scan",
+                           "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                           "Multinomial"})
 ORT_CPU_ELEMENTWISE = OpRule("elementwise", activations=(0, 1), output=True, constants=False)
 
 # ONNX Runtime CPU: DQ→Conv→Q becomes QLinearConv, DQ→MatMul (no Q) MatMulIntegerToFloat, DQ→Gemm
@@ -164,12 +188,28 @@ OPENVINO_OPS = {
     **{op: SHARED for op in ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Resize")},
 }
 
+# Qualcomm QNN HTP (its QDQ format, what qnn-onnx-converter and ONNX Runtime's QNN EP read): every
+# float op runs quantized (the `default` rule covers what is not listed), weights INT8 per channel,
+# INT32 biases at s_x·s_w with 8-bit activations; attention's activation x activation MatMuls too.
+QNN_OPS = {
+    "Conv": OpRule("compute", (0,), 1, 2, output=True, always=True),
+    "ConvTranspose": OpRule("compute", (0,), 1, 2, output=True, always=True),
+    "MatMul": OpRule("compute", (0,), 1, None, output=True, weight_required=False, always=True),
+    "Gemm": OpRule("compute", (0,), 1, 2, output=True, always=True),
+    "Gather": OpRule("embedding", activations=(), weight=0),
+    "Resize": OpRule("elementwise", activations=(0,), output=True, always=True),  # roi/scales are parameters
+    **{op: OpRule("shared", always=True) for op in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split",
+                                                    "MaxPool", "Flatten", "Identity", "DepthToSpace", "SpaceToDepth")},
+}
+QNN_DEFAULT = OpRule("elementwise", activations=(), output=True, always=True)
+
 # Outputs whose range the op fixes: calibration (entropy especially) would clip the rare large
 # probabilities of a Softmax that matter most; these take the op's own range instead.
 FIXED_RANGES = {"Softmax": (0.0, 1.0), "Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 
 U8_ASYM = TensorType("uint8", symmetric=False)
 S8_SYM = TensorType("int8", symmetric=True)
+U16_ASYM = TensorType("uint16", symmetric=False)
 
 PROFILES: dict[str, QuantProfile] = {
     "ort-cpu": QuantProfile(
@@ -183,6 +223,10 @@ PROFILES: dict[str, QuantProfile] = {
         "openvino", "OpenVINO CPU plugin (NNCF placement): UINT8 activations, INT8 weights",
         activation=U8_ASYM, weight=S8_SYM, ops=OPENVINO_OPS, fold_relu=False, bias_int32=False,
         latency_check=True, latency_provider="openvino"),  # timed only where the OpenVINO EP is installed
+    "qnn": QuantProfile(
+        "qnn", "Qualcomm QNN HTP (QDQ): every float op quantized, UINT8 activations (budget fallback: UINT16)",
+        activation=U8_ASYM, weight=S8_SYM, ops=QNN_OPS, fold_relu=False, default=QNN_DEFAULT, wide=U16_ASYM,
+        notes=("budget fallback: a unit's activations go to uint16 (opset 21, float bias), not to float",)),
 }
 
 # What exact and fast 8-bit kernels ONNX Runtime's CPU EP has, by instruction set.

@@ -21,7 +21,9 @@ Steps, on a clone of the model (raised to opset 13 for per-channel DequantizeLin
    fastest variant is the start of
 6. the budget search, measured on the held-out feeds against the input model: if it misses the
    budget, units (nodes) are ranked by sensitivity and the fewest go back to float until it fits
-   (sensitivity.py); if that changed the model, the speed check runs again on the result.
+   (sensitivity.py); if that changed the model, the speed check runs again on the result. With a
+   `wide` profile (qnn, every float op quantized) those units stay quantized with 16-bit
+   activations instead (job.py), and when even that misses the budget the pass does not apply.
 The run's shared state (clone, plan, feeds, profile, calibration options, weight cache) is one
 `QuantJob` (job.py); the options and the calibration options they build are in options.py.
 Stats: every node kept float and why, each fallback with its measured effect, the SQNR of each
@@ -229,6 +231,8 @@ def _searched(job: QuantJob, first: LatencyFirst) -> PassResult:
     speed = precheck
     if best is None and "stopped" in fit:
         return _float(job, speed, fit, first.calib, fit["reason"])
+    if job.profile.wide is not None and fit.get("fits") is False:
+        return _float(job, speed, fit, first.calib, _wide_miss(job, fit, len(start.plan.units)))
     if best is not start and precheck.get("measured", True):  # fallbacks changed it: time again
         if job.ctx.deadline.expired():
             job.ctx.deadline.skip("quantize: the speed check after the fallbacks")
@@ -248,6 +252,15 @@ def _float(job: QuantJob, speed: dict, fit: dict, calib: dict, reason: str | Non
     reason = reason or f"int8 measured slower than float here, beyond noise ({speed['latency_ms']})"
     job.ctx.no_match(NAME, "model", reason)
     return PassResult(job.model, False, {"skipped": reason, "speed": speed, "budget": fit, "calibration": calib})
+
+
+def _wide_miss(job: QuantJob, fit: dict, units: int) -> str:
+    """One line: the budget is missed even with the search's units in the wide type."""
+    widened = len(fit.get("fallbacks", []))
+    which = f"every quantized node's ({units})" if widened >= units else \
+        f"{widened} of {units} quantized nodes' (max_fallback={job.options.max_fallback})"
+    limits = ", ".join(f"{k}={v}" for k, v in fit.get("limits", {}).items())
+    return f"budget {limits} missed even with {which} activations in {job.profile.wide.dtype}"
 
 
 def _any_fits(candidate: Candidate) -> bool:
@@ -335,7 +348,16 @@ def _stats(job: QuantJob, best: Candidate, calib: dict, fit: dict) -> dict:
         "calibration": calib, "budget": fit,
         "weight_sqnr_db": {name: w["sqnr_db"] for name, w in weights},
         "bytes_added": best.applied.bytes_added,
+        **(_widths(best) if profile.wide is not None else {}),
     }
+
+
+def _widths(best: Candidate) -> dict:
+    """How many quantized activations are 8-bit and 16-bit, and the 16-bit ones by name."""
+    bits = best.applied.bits
+    wide = sorted(name for name, b in bits.items() if b == 16)
+    return {"activations_8bit": sum(b == 8 for b in bits.values()), "activations_16bit": len(wide),
+            "tensors_16bit": wide}
 
 
 __all__ = ["Quantize", "QuantizeOptions", "resolve_profile"]

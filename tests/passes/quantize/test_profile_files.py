@@ -72,7 +72,7 @@ def test_a_standalone_json_profile_places_qdq_as_it_says(tmp_path):
      "activation.dtype: expected one of uint8, int8, uint16, int16, float8e4m3fn"),
     ('base = "tensorrt"\nweight = {dtype = "int16"}\n', "weight.dtype: expected one of uint8, int8, float8e4m3fn"),
     ('base = "tensorrt"\nweight = {dtype = "int8", bits = 4}\n', "weight.bits: expected 7 or 8"),
-    ('base = "qnn"\n', "base: expected one of ort-cpu, tensorrt, openvino"),
+    ('base = "hexagon"\n', "base: expected one of ort-cpu, tensorrt, openvino, qnn"),
     ('description = "no base"\n', "without `base`, activation, weight, ops must be given"),
     ('base = "tensorrt"\ndrop_ops = ["LSTM"]\n', "drop_ops: the base profile has no rule for 'LSTM'"),
     ('base = "tensorrt"\nmin_opset = "13"\n', "min_opset: expected int"),
@@ -88,8 +88,8 @@ def test_a_wrong_profile_file_is_one_line_naming_the_field(tmp_path, text, said)
 
 
 def test_unknown_profile_names_and_missing_files_are_input_errors(tmp_path):
-    with pytest.raises(InputError, match="expected one of ort-cpu, tensorrt, openvino or a profile file"):
-        parse_pass_spec("quantize:profile=qnn")
+    with pytest.raises(InputError, match="expected one of ort-cpu, tensorrt, openvino, qnn or a profile file"):
+        parse_pass_spec("quantize:profile=hexagon")
     with pytest.raises(InputError, match="no such file"):
         parse_pass_spec(f"quantize:profile={tmp_path / 'absent.json'}")
 
