@@ -20,30 +20,32 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 Derivation = Callable[[Mapping[str, int]], int]
 OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
 
 
-def derivations(labels: Mapping[str, str], sequence: set[str]) -> dict[str, Derivation]:
-    """{label: size from the others} for the derived slots. `labels`: slot label -> dim_param
-    (the same text for named dims); `sequence`: labels of sequence-kind slots."""
+def derivations(labels: Iterable[str], sequence: set[str]) -> dict[str, Derivation]:
+    """{label: size from the others} for the derived slots. `labels`: the slots' labels (a named
+    dim's label is its dim_param); `sequence`: labels of sequence-kind slots."""
+    labels = list(labels)
     found: dict[str, Derivation] = {}
     for label in labels:
         expression = _expression(label, set(labels) - {label})
         if expression is not None:
             found[label] = expression
-    past = [label for label in labels if "past" in _words(label) and label not in found]
-    seq = [label for label in labels if label in sequence and label not in found and not {"past", "total"} & set(
-        _words(label))]
+    past = [label for label in labels if "past" in dim_words(label) and label not in found]
+    seq = [label for label in labels
+           if label in sequence and label not in found and not {"past", "total"} & set(dim_words(label))]
     for label in labels:
-        if label not in found and "total" in _words(label) and past and seq:
+        if label not in found and "total" in dim_words(label) and past and seq:
             found[label] = lambda sizes, p=past[0], s=seq[0]: sizes[p] + sizes[s]
     return found
 
 
-def _words(name: str) -> list[str]:
+def dim_words(name: str) -> list[str]:
+    """`image_width` -> image, width; `seqLen` -> seq, len; `p2o.DynamicDimension.0` -> p, 2, o, ..."""
     return [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)]
 
 

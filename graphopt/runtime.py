@@ -228,12 +228,19 @@ def return_freed_memory() -> None:
 
 
 @timed("inference")
+def quiet_run_options() -> ort.RunOptions:
+    """Run options that keep ORT's own log line of a failing run off the terminal (graphopt says
+    why in one line); with graphopt logging at DEBUG (`--debug`) ORT logs as it likes."""
+    options = ort.RunOptions()
+    if not logging.getLogger("graphopt").isEnabledFor(logging.DEBUG):
+        options.log_severity_level = 4
+    return options
+
+
 def run_feeds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Run every feed; outputs keyed by name. Non-tensor outputs are rejected clearly."""
     names = [o.name for o in session.get_outputs()]
-    options = ort.RunOptions()
-    if not logging.getLogger("graphopt").isEnabledFor(logging.DEBUG):
-        options.log_severity_level = 4  # a failure is raised as one line below; ORT's own log line only with --debug
+    options = quiet_run_options()  # a failure is raised as one line below
     results = []
     for feed in feeds:
         try:

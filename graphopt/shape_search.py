@@ -44,10 +44,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphopt.data import InputSpec, input_specs, synthesize_feeds
-from graphopt.derived_dims import derivations
+from graphopt.derived_dims import derivations, dim_words
 from graphopt.errors import InputError
 from graphopt.io import weight_bytes
-from graphopt.runtime import create_session, return_freed_memory
+from graphopt.runtime import create_session, quiet_run_options, return_freed_memory
 
 log = logging.getLogger("graphopt.shape_search")
 
@@ -153,7 +153,7 @@ def dim_slots(specs: list[InputSpec], given_dims: dict[str, int],
 
 def dim_kind(dim: str | None, axis: int, spec: InputSpec) -> str:
     """The kind of a symbolic dim: by the words of its dim_param, else by where it stands."""
-    words = set(_words(dim)) if dim else set()
+    words = set(dim_words(dim)) if dim else set()
     kind = next((kind for kind, vocabulary in KIND_WORDS if words & vocabulary), None)
     kind = kind or _kind_by_position(axis, spec)
     return SAMPLES if kind == SEQUENCE and _is_signal(axis, spec) else kind
@@ -164,11 +164,6 @@ def _is_signal(axis: int, spec: InputSpec) -> bool:
     shape = spec.shape
     mono = len(shape) == 3 and shape[1] == 1
     return spec.dtype.kind == "f" and axis == len(shape) - 1 and (len(shape) <= 2 or mono)
-
-
-def _words(name: str) -> list[str]:
-    """`image_width` -> image, width; `seqLen` -> seq, len; `p2o.DynamicDimension.0` -> p, 2, o, ..."""
-    return [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)]
 
 
 def _kind_by_position(axis: int, spec: InputSpec) -> str:
@@ -237,9 +232,8 @@ def candidate_sizes(patterns: dict[str, tuple], slots: dict[str, DimSlot],
                     model: ir.Model) -> list[dict[str, int]]:
     """Size per slot for each candidate to run, in order: the stated size, then candidate k gives
     each slot its k-th size; over the element cap left out (never the cheapest), at most MAX_TRIES."""
-    derived = derivations({label: label for label in slots}, {k for k, slot in slots.items() if slot.kind == SEQUENCE})
-    depth = max(len(slot.sizes) for label, slot in slots.items() if label not in derived) if len(derived) < len(
-        slots) else 1
+    derived = derivations(slots, {label for label, slot in slots.items() if slot.kind == SEQUENCE})
+    depth = max((len(slot.sizes) for label, slot in slots.items() if label not in derived), default=1)
     levels = [{label: slot.sizes[min(k, len(slot.sizes) - 1)] for label, slot in slots.items()}
               for k in range(depth)]
     stated = _stated_candidate(patterns, slots, levels[0], stated_sides(model))
@@ -317,11 +311,8 @@ def run_error(session: ort.InferenceSession, model: ir.Model, shapes: dict[str, 
               seed: int) -> str:
     """Why ONNX Runtime fails on a feed of these shapes (its first line), or "" when it runs."""
     feed = synthesize_feeds(model, 1, shapes, seed)[0]
-    options = ort.RunOptions()
-    if not logging.getLogger("graphopt").isEnabledFor(logging.DEBUG):
-        options.log_severity_level = 4  # a candidate that fails is expected: no ORT error line
     try:
-        session.run(None, feed, options)
+        session.run(None, feed, quiet_run_options())  # a candidate that fails is expected: no ORT error line
     except Exception as exc:  # noqa: BLE001  (ORT raises private types)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return lines[0] if lines else type(exc).__name__
