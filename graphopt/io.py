@@ -188,6 +188,15 @@ def _all_initializers(model: ir.Model):
         yield from graph.initializers.values()
 
 
+def release_tensor(tensor: ir.TensorProtocol | None) -> None:
+    """Unmap one external tensor's file (it re-maps on next access); others are left alone."""
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:  # someone still holds a view of the data; leave it mapped
+            pass
+
+
 def release_mappings(model: ir.Model) -> None:
     """Unmap external tensors' files (they re-map on next access).
 
@@ -195,10 +204,7 @@ def release_mappings(model: ir.Model) -> None:
     that reads every weight (hashing, saving) would otherwise keep the whole file resident.
     """
     for tensor in _external_tensors(model):
-        try:
-            tensor.release()
-        except BufferError:  # someone still holds a view of the data; leave it mapped
-            pass
+        release_tensor(tensor)
 
 
 def external_base_dirs(model: ir.Model) -> set[str]:

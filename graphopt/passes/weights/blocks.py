@@ -214,13 +214,26 @@ def gather_arrays(bq: BlockQuantized) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.ascontiguousarray(data), np.ascontiguousarray(bq.scales.T), zeros
 
 
-def onnx_int_tensor(codes: np.ndarray, bits: int, signed: bool, name: str) -> ir.TensorProtocol:
-    """An ONNX INT4/UINT4 (packed, `pack_nibbles` of the row-major codes) or INT8/UINT8 tensor."""
+def onnx_int_array(codes: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """The bytes of an ONNX INT4/UINT4 tensor (`pack_nibbles` of the row-major codes) or the
+    INT8/UINT8 codes themselves."""
     if bits == 8:
-        return ir.tensor(np.ascontiguousarray(codes, np.int8 if signed else np.uint8), name=name)
+        return np.ascontiguousarray(codes, np.int8 if signed else np.uint8)
+    return pack_nibbles(np.ascontiguousarray(codes).reshape(-1))
+
+
+def onnx_int_tensor_of(array: np.ndarray, bits: int, signed: bool, shape: tuple[int, ...],
+                       name: str = "") -> ir.TensorProtocol:
+    """A tensor over `onnx_int_array`'s bytes (no copy)."""
+    if bits == 8:
+        return ir.Tensor(array, name=name)
     dtype = ir.DataType.INT4 if signed else ir.DataType.UINT4
-    packed = pack_nibbles(np.ascontiguousarray(codes).reshape(-1))
-    return ir.PackedTensor(packed, dtype, shape=ir.Shape(codes.shape), name=name)
+    return ir.PackedTensor(array, dtype, shape=ir.Shape(shape), name=name)
+
+
+def onnx_int_tensor(codes: np.ndarray, bits: int, signed: bool, name: str) -> ir.TensorProtocol:
+    """An ONNX INT4/UINT4 (packed) or INT8/UINT8 tensor of `codes`."""
+    return onnx_int_tensor_of(onnx_int_array(codes, bits, signed), bits, signed, codes.shape, name)
 
 
 def weight_error(w: np.ndarray, approx: np.ndarray) -> dict[str, float]:

@@ -33,7 +33,8 @@ MAX_EFFECTS = 8  # fallbacks whose effect is measured (one measurement each)
 
 def _weight_levels(levels: Levels) -> str:
     counts = {bits: sum(1 for b in levels.values() if b == bits) for bits in set(levels.values())}
-    return "quantize-weights: " + ", ".join(f"{n} {'int' + str(b) if b else 'float'}" for b, n in sorted(counts.items()))
+    parts = (f"{n} {'int' + str(b) if b else 'float'}" for b, n in sorted(counts.items()))
+    return "quantize-weights: " + ", ".join(parts)
 
 
 class Search(CandidateSearch):

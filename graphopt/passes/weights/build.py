@@ -19,7 +19,7 @@ from graphopt.passes.weights.blocks import BlockFormat, BlockQuantized, quantize
 from graphopt.passes.weights.gptq import quantize_gptq
 from graphopt.passes.weights.layers import Layer
 from graphopt.passes.weights.options import QuantizeWeightsOptions
-from graphopt.passes.weights.rewrite import write_dq, write_float, write_matmulnbits
+from graphopt.passes.weights.rewrite import Encoded, encode, write_dq, write_float, write_matmulnbits
 from graphopt.passes.weights.stats import InputStats
 
 
@@ -40,19 +40,10 @@ class Builder:
     options: QuantizeWeightsOptions
     stats: InputStats | None = None
     accuracy_level: int = 0
-    _cache: dict[tuple[str, int], BlockQuantized] = field(default_factory=dict)
-    _position: dict[int, int] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self._position = {id(node): i for i, node in enumerate(self.prepared.graph)}
+    _cache: dict[tuple[str, int], Encoded] = field(default_factory=dict)
 
     def quantized(self, layer: Layer, bits: int) -> BlockQuantized:
-        key = (layer.key, bits)
-        if key not in self._cache:
-            self._cache[key] = self._quantize(layer, bits)
-        return self._cache[key]
-
-    def _quantize(self, layer: Layer, bits: int) -> BlockQuantized:
+        """The layer at `bits` (computed each call; `keep` stores its written form)."""
         opts = self.options
         fmt = BlockFormat(bits, opts.block_size, opts.symmetric)
         gram = layer_gram(layer, self.stats)
@@ -60,17 +51,32 @@ class Builder:
             return quantize_gptq(layer.matrix, gram, fmt, opts.gptq_damping, opts.scale_search)
         return quantize_rtn(layer.matrix, fmt, opts.scale_search)
 
+    def keep(self, layer: Layer, bits: int, bq: BlockQuantized) -> None:
+        self._cache[(layer.key, bits)] = encode(layer, bq, self.options.form)
+
+    def encoded(self, layer: Layer, bits: int) -> Encoded:
+        """The layer's arrays at `bits`, made once (the float weight read again if needed)."""
+        if (layer.key, bits) not in self._cache:
+            self.keep(layer, bits, self.quantized(layer, bits))
+            layer.release()
+        return self._cache[(layer.key, bits)]
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(enc.nbytes for enc in self._cache.values())
+
     def __call__(self, levels: dict[str, int]) -> ir.Model:
+        position = {id(node): i for i, node in enumerate(self.prepared.graph)}  # AWQ may have added nodes
         model = self.prepared.clone()
         nodes = list(model.graph)
         fresh = NameAuthority(model).fresh
         for layer in self.layers:
-            mine = [nodes[self._position[id(use.node)]] for use in layer.uses]
+            mine = [nodes[position[id(use.node)]] for use in layer.uses]
             bits = levels.get(layer.key, 0)
             if bits == 0:
                 write_float(model.graph, fresh, layer, mine)
             elif self.options.form == "dq":
-                write_dq(model.graph, fresh, layer, self.quantized(layer, bits), mine)
+                write_dq(model.graph, fresh, layer, self.encoded(layer, bits), mine)
             else:
-                write_matmulnbits(model.graph, fresh, layer, self.quantized(layer, bits), mine, self.accuracy_level)
+                write_matmulnbits(model.graph, fresh, layer, self.encoded(layer, bits), mine, self.accuracy_level)
         return model

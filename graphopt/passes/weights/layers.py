@@ -8,6 +8,8 @@ A layer is one constant float32 2-D weight and every node that reads it:
 A weight read by several eligible nodes the same way is one layer (quantized once, its
 quantized tensors shared); a weight also read by a node that keeps it float (or the other way
 round, or by an embedding and a linear node) is refused: quantizing it would keep both copies.
+A layer reads its weight from the IR tensor each time it is used (an external tensor is a file
+mapping, unmapped again by `release`), so no float copy of the model's weights is held.
 Weights computed by DequantizeLinear are already quantized; existing MatMulNBits /
 GatherBlockQuantized nodes are counted as such. Only the main graph is searched.
 """
@@ -20,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.exclusion import exclusion
+from graphopt.io import release_tensor
 from graphopt.passes.weights.options import QuantizeWeightsOptions
 
 QUANTIZED_OPS = frozenset({"MatMulNBits", "GatherBlockQuantized"})
@@ -36,10 +39,34 @@ class Use:
 class Layer:
     key: str  # the weight's name: the unit of the budget search
     kind: str  # "linear" | "embedding"
-    stored: np.ndarray  # the weight as stored (float32)
+    value: ir.Value  # the constant weight (float32, 2-D)
     uses: list[Use]
     inputs: tuple[str, ...] = ()  # a linear layer's activations (distinct names, as found)
     scale: np.ndarray | None = None  # AWQ's s [K] (the matrix is then diag(s)·W)
+
+    @property
+    def stored(self) -> np.ndarray:
+        """The weight as stored, read from its tensor (no copy of a float32 array)."""
+        return constant_array(self.value)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The stored shape, known without reading the data."""
+        return tuple(int(d) for d in ir.convenience.get_const_tensor(self.value).shape)
+
+    @property
+    def size(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+    @property
+    def reduction(self) -> int:
+        """K: the length of the reduction axis (rows of `matrix`)."""
+        return self.shape[1] if self.transposed else self.shape[0]
+
+    def release(self) -> None:
+        """Unmap an external weight's file pages read so far (mapped again on the next read)."""
+        release_tensor(ir.convenience.get_const_tensor(self.value))
 
     @property
     def transposed(self) -> bool:
@@ -83,7 +110,7 @@ def find_layers(graph: ir.Graph, options: QuantizeWeightsOptions) -> Found:
             continue
         kind = "embedding" if uses[0].node.op_type == "Gather" else "linear"
         inputs = tuple(dict.fromkeys(u.node.inputs[0].name for u in uses)) if kind == "linear" else ()
-        found.layers.append(Layer(weight.name, kind, constant_array(weight).astype(np.float32), uses, inputs))
+        found.layers.append(Layer(weight.name, kind, weight, uses, inputs))
     return found
 
 
@@ -123,15 +150,16 @@ def weight_refusal(weight: ir.Value, uses: list[Use], min_elements: int) -> str 
         return "already quantized (the weight comes from DequantizeLinear)"
     if weight.is_graph_input() or weight.is_graph_output():
         return f"weight '{weight.name}' is a graph input or output"
-    array = constant_array(weight)
-    if array is None:
+    tensor = ir.convenience.get_const_tensor(weight)
+    if tensor is None:
         return f"weight '{weight.name}' is not a constant tensor"
-    if array.dtype != np.float32:
-        return f"weight '{weight.name}' has dtype {array.dtype} (float32 weights only)"
-    if array.ndim != 2:
-        return f"weight '{weight.name}' has rank {array.ndim} (2-D weights only)"
-    if array.size < min_elements:
-        return f"{array.size} elements < min_elements={min_elements}"
+    if tensor.dtype != ir.DataType.FLOAT:
+        return f"weight '{weight.name}' has dtype {tensor.dtype.name.lower()} (float32 weights only)"
+    if len(tensor.shape) != 2:
+        return f"weight '{weight.name}' has rank {len(tensor.shape)} (2-D weights only)"
+    size = int(np.prod([int(d) for d in tensor.shape]))
+    if size < min_elements:
+        return f"{size} elements < min_elements={min_elements}"
     readers = {id(use.node) for use in weight.uses()}
     if readers != {id(u.node) for u in uses} or len(weight.uses()) != len(uses):
         return "shared with a node that keeps it float (quantizing would keep both copies)"

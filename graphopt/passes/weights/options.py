@@ -34,6 +34,7 @@ class QuantizeWeightsOptions:
     fallback: bool = True  # sensitive layers to int8, then float, until the budget holds
     rank: Literal["measured", "proxy"] = "measured"  # fallback order: one measurement per layer, or free proxy
     gptq_damping: float = 0.01  # fraction of mean(diag H) added to H's diagonal
+    stats_memory: float = 0.25  # input statistics held at once, x the model's weight bytes (>= 256 MiB)
     speed_runs: int = 20  # accuracy_level=-1: runs per candidate
     speed_margin: float = 0.03  # accuracy level 4 must be this much faster than 0 to be kept
     exclude_nodes: tuple[str, ...] = ()
@@ -52,6 +53,8 @@ class QuantizeWeightsOptions:
             raise ValueError(f"budget_share must be in (0, 1], got {self.budget_share}")
         if self.min_elements < 0 or self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
             raise ValueError("min_elements must be >= 0, speed_runs >= 1 and speed_margin in [0, 1)")
+        if not 0 < self.stats_memory <= 16:
+            raise ValueError(f"stats_memory must be in (0, 16], got {self.stats_memory}")
         if not 0 < self.gptq_damping < 1:
             raise ValueError(f"gptq_damping must be in (0, 1), got {self.gptq_damping}")
         check_pattern(self.exclude_regex)

@@ -16,7 +16,8 @@ Steps, on a clone of the model:
 2. find the layers (layers.py: constant float32 2-D weights, each quantized once however many
    nodes read it; the others are listed with the reason they stay float);
 3. stream the layer inputs' statistics (needed by awq/gptq; used by rtn, when feeds exist, for the
-   per-layer output error in the report); AWQ inserts its x/s Muls;
+   per-layer output error in the report), in groups of layers whose H fit `stats_memory`; per
+   group AWQ inserts its x/s Muls, each layer is quantized at `bits`, and the H are dropped;
 4. form `matmulnbits` with accuracy_level=-1: time the fully quantized model at accuracy levels 0
    and 4 and keep 4 if measurably faster here (speed.py), so the search below measures the level
    the result will run at;
@@ -30,11 +31,13 @@ rows; every fallback with its measured effect; every weight kept float and why.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 from dataclasses import replace
 
 import onnx_ir as ir
 
 from graphopt.errors import InputError
+from graphopt.io import weight_bytes
 from graphopt.lossy import budget_share, effective_budget
 from graphopt.pass_api import Pass, PassContext, PassResult, default_opset
 from graphopt.passes.weights.awq import search_scales
@@ -45,10 +48,11 @@ from graphopt.passes.weights.layers import Layer, find_layers
 from graphopt.passes.weights.options import QuantizeWeightsOptions
 from graphopt.passes.weights.rewrite import scale_input
 from graphopt.passes.weights.speed import choose_accuracy_level
-from graphopt.passes.weights.stats import InputStats, collect, error_db, output_error
+from graphopt.passes.weights.stats import InputStats, collect, error_db, groups, layer_units, output_error
 from graphopt.tolerance import Lossy
 
 NAME = "quantize-weights"
+STATS_MIN_BYTES = 256 * 2**20  # input statistics held at once, whatever the model's size
 DQ_OPSET = 21  # DequantizeLinear with block_size and INT4/UINT4
 
 
@@ -88,10 +92,8 @@ class QuantizeWeights(Pass):
                       + (" or Gather table" if opts.embeddings else "") + " (kept_float says why)")
             return PassResult(model, False, {"skipped": reason, "kept_float": found.skipped,
                                              "already_quantized": found.already_quantized})
-        stats, source = _statistics(work, found.layers, ctx, opts)
-        awq = _apply_awq(work, ctx, found.layers, stats, opts) if opts.algorithm == "awq" else {}
-        builder = Builder(work, found.layers, opts, stats, max(opts.accuracy_level, 0))
-        rows = {layer.key: _layer_row(builder, layer) for layer in found.layers}
+        builder = Builder(work, found.layers, opts, None, max(opts.accuracy_level, 0))
+        rows, awq, source = _quantize_layers(work, builder, ctx, opts)
         speed = _accuracy_level(builder, ctx) if opts.form == "matmulnbits" and opts.accuracy_level == -1 else {}
         levels, fit = _fit(model, builder, ctx, rows)
         if not any(levels.values()):
@@ -121,36 +123,57 @@ def _prepared(model: ir.Model, ctx: PassContext, opts: QuantizeWeightsOptions) -
     return work, f"opset raised {current} -> {DQ_OPSET} (blocked INT4 DequantizeLinear)"
 
 
-def _statistics(work: ir.Model, layers: list[Layer], ctx: PassContext,
-                opts: QuantizeWeightsOptions) -> tuple[InputStats | None, dict]:
-    """Streamed input statistics of the linear layers (None for rtn when no feeds exist)."""
-    axes = {name: (-1, layer.matrix.shape[0]) for layer in layers for name in layer.inputs}
-    if not axes:
-        return None, {"source": "none (no linear layer)"}
+def _feeds(ctx: PassContext, opts: QuantizeWeightsOptions) -> tuple[Callable | None, str]:
+    """The calibration feeds, or (None, why) for rtn when there are none."""
     try:
-        feeds, source = ctx.calibration_source()
+        return ctx.calibration_source()
     except InputError:
         if opts.data_aware:
             raise
-        return None, {"source": "none (no feeds): output errors not measured"}
-    stats = collect(work, axes, feeds, ctx.progress)
-    return stats, {"source": source, "batches": stats.batches}
+        return None, "none (no feeds): output errors not measured"
+
+
+def _quantize_layers(work: ir.Model, builder: Builder, ctx: PassContext,
+                     opts: QuantizeWeightsOptions) -> tuple[dict, dict, dict]:
+    """Every layer quantized at the pass's bits, with its report row. The input statistics are
+    streamed in groups whose H fit `stats_memory` (stats.groups); per group: AWQ's scales, each
+    layer quantized and measured, then the group's H dropped and its weights' pages unmapped."""
+    feeds, source = _feeds(ctx, opts)
+    cap = max(STATS_MIN_BYTES, int(opts.stats_memory * weight_bytes(work)))
+    plan = groups(layer_units(builder.layers), cap)
+    rows, awq, passes, batches = {}, {}, 0, 0
+    for index, (layers, inputs) in enumerate(plan):
+        stats = None
+        if feeds is not None and inputs:
+            if len(plan) > 1 and ctx.progress:
+                ctx.progress(f"{NAME}: input statistics, group {index + 1}/{len(plan)}")
+            stats = collect(work, {name: (-1, k) for name, k in inputs.items()}, feeds, ctx.progress)
+            passes, batches = passes + 1, stats.batches
+        if opts.algorithm == "awq":
+            awq.update(_apply_awq(work, ctx, layers, stats, opts))
+        builder.stats = stats
+        for layer in layers:
+            rows[layer.key] = _layer_row(builder, layer)
+            layer.release()
+    builder.stats = None
+    report = {"source": source} if feeds is None else {"source": source, "batches": batches, "passes": passes}
+    return rows, awq, report
 
 
 def _apply_awq(work: ir.Model, ctx: PassContext, layers: list[Layer], stats: InputStats | None,
                opts: QuantizeWeightsOptions) -> dict:
     """Search s per shared input, scale the weights (Layer.scale) and insert the x/s Muls."""
     order = {id(node): i for i, node in enumerate(work.graph)}
-    groups: dict[str, list[Layer]] = {}
+    by_input: dict[str, list[Layer]] = {}
     report = {}
     for layer in layers:
         if len(layer.inputs) == 1:
-            groups.setdefault(layer.inputs[0], []).append(layer)
+            by_input.setdefault(layer.inputs[0], []).append(layer)
         elif layer.kind == "linear":
             report[layer.key] = {"not_scaled": "the weight is read with several inputs"}
     fmt = BlockFormat(opts.bits, opts.block_size, opts.symmetric)
     fresh = ctx.names(work).fresh
-    for name, group in groups.items():
+    for name, group in by_input.items():
         moments = stats.get(name) if stats is not None else None
         if moments is None:
             report[name] = {"not_scaled": "no statistics for this input"}
@@ -172,11 +195,12 @@ def _layer_row(builder: Builder, layer: Layer) -> dict:
     """The layer at the pass's bits: weight error, output error on the calibration rows."""
     opts = builder.options
     bq = builder.quantized(layer, opts.bits)
+    builder.keep(layer, opts.bits, bq)
     original, approx = layer.matrix, bq.dequantize()
     if layer.scale is not None:  # errors of the effective weight diag(1/s)·Ŵ against W
         original, approx = original / layer.scale[:, None], approx / layer.scale[:, None]
     row = {"layer": layer.key, "op": layer.uses[0].node.op_type, "uses": len(layer.uses),
-           "shape": list(layer.stored.shape), "block_size": opts.block_size, **weight_error(original, approx)}
+           "shape": list(layer.shape), "block_size": opts.block_size, **weight_error(original, approx)}
     if opts.form == "matmulnbits" and layer.kind == "linear" and original.shape[0] % opts.block_size:
         row["k_padded"] = True  # MatMulNBits needs whole blocks: K padded, the padding decodes to 0
     gram = layer_gram(layer, builder.stats)
@@ -207,7 +231,7 @@ def _fit(model: ir.Model, builder: Builder, ctx: PassContext, rows: dict[str, di
     search = Search(builder, ev, budget, ctx.progress)
     search.memo = ctx.search_memo("quantize-weights", builder.accuracy_level)
     proxy = {k: row.get("output_error", row["rel_error"] ** 2) for k, row in rows.items()}
-    sizes = {layer.key: layer.stored.size for layer in builder.layers}
+    sizes = {layer.key: layer.size for layer in builder.layers}
     levels, report = fit_levels(search, sizes, opts.bits, proxy, opts.rank)
     report["measurements"] = len(search.measured)
     return levels, report

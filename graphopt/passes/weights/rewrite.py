@@ -8,19 +8,23 @@
 - `dq` (standard ONNX, opset 21): the weight becomes DequantizeLinear(q, scales [, zero_points];
   axis = the stored reduction axis, block_size) with INT4/UINT4 (or INT8/UINT8) codes, in front
   of the unchanged MatMul / Gemm / Gather. A partial last block needs no padding in this form.
-Every tensor is new, under a fresh name; the float weight is dropped once nothing reads it.
+Every tensor is new, under a fresh name (its arrays, `Encoded`, made once per layer and bit width
+and shared by the candidates of the budget search); the float weight is dropped once nothing
+reads it.
 AWQ's input scaling is one Mul by 1/s on the shared input x (`scale_input`); a layer kept float
 after AWQ reads diag(s)·W (a new tensor), which is exact.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.weights.blocks import BlockQuantized, gather_arrays, matmulnbits_arrays, onnx_int_tensor
+from graphopt.passes.weights.blocks import (BlockQuantized, gather_arrays, matmulnbits_arrays, onnx_int_array,
+                                            onnx_int_tensor_of)
 from graphopt.passes.weights.layers import Layer
 
 MS_DOMAIN = "com.microsoft"
@@ -48,6 +52,45 @@ def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
         graph.initializers.pop(value.name)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A quantized layer's arrays in the written form ("dq", "nbits" or "gather"), made once and
+    shared by every candidate: each candidate wraps them in new tensors under fresh names (no
+    copy), and nothing writes into them."""
+
+    form: str
+    bits: int
+    block_size: int
+    data: np.ndarray  # codes: packed nibbles for 4 bits
+    scales: np.ndarray
+    zeros: np.ndarray | None
+    shape: tuple[int, ...] = ()  # dq: the codes' shape (stored orientation)
+    axis: int = 0  # dq: the blocked axis
+    signed: bool = False
+    k: int = 0  # nbits
+    n: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.scales.nbytes + (0 if self.zeros is None else self.zeros.nbytes)
+
+
+def encode(layer: Layer, bq: BlockQuantized, form: str) -> Encoded:
+    """`bq` in the arrays of `form` ("dq" or "matmulnbits"; an embedding's matmulnbits form is
+    GatherBlockQuantized's)."""
+    fmt = bq.fmt
+    if form == "dq":
+        codes, scales, zeros, axis = _stored(layer, bq)
+        packed_zeros = None if zeros is None else onnx_int_array(zeros, fmt.bits, False)
+        return Encoded("dq", fmt.bits, fmt.block_size, onnx_int_array(codes, fmt.bits, fmt.symmetric),
+                       np.ascontiguousarray(scales), packed_zeros, tuple(codes.shape), axis, fmt.symmetric)
+    if layer.kind == "embedding":
+        return Encoded("gather", fmt.bits, fmt.block_size, *gather_arrays(bq))
+    arrays = matmulnbits_arrays(bq)
+    return Encoded("nbits", fmt.bits, fmt.block_size, arrays.b, arrays.scales, arrays.zero_points,
+                   k=arrays.k, n=arrays.n)
+
+
 def _stored(layer: Layer, bq: BlockQuantized) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Codes, scales, zero points in the weight's stored orientation, and the blocked axis."""
     if layer.transposed:
@@ -56,20 +99,19 @@ def _stored(layer: Layer, bq: BlockQuantized) -> tuple[np.ndarray, np.ndarray, n
     return bq.q, bq.scales, bq.zero_points, 0
 
 
-def write_dq(graph: ir.Graph, fresh: Fresh, layer: Layer, bq: BlockQuantized, nodes: list[ir.Node]) -> None:
+def write_dq(graph: ir.Graph, fresh: Fresh, layer: Layer, enc: Encoded, nodes: list[ir.Node]) -> None:
     """DequantizeLinear(block_size) in front of every node of the layer (one DQ, shared)."""
-    codes, scales, zeros, axis = _stored(layer, bq)
-    fmt = bq.fmt
     base = layer.key
-    inputs = [add_initializer(graph, fresh, f"{base}_q{fmt.bits}",
-                              onnx_int_tensor(codes, fmt.bits, fmt.symmetric, "")),
-              add_initializer(graph, fresh, f"{base}_scale", scales)]
-    if zeros is not None:
-        inputs.append(add_initializer(graph, fresh, f"{base}_zero", onnx_int_tensor(zeros, fmt.bits, False, "")))
-    dq = ir.node("DequantizeLinear", inputs, {"axis": axis, "block_size": fmt.block_size},
+    codes = onnx_int_tensor_of(enc.data, enc.bits, enc.signed, enc.shape)
+    inputs = [add_initializer(graph, fresh, f"{base}_q{enc.bits}", codes),
+              add_initializer(graph, fresh, f"{base}_scale", ir.Tensor(enc.scales))]
+    if enc.zeros is not None:
+        inputs.append(add_initializer(graph, fresh, f"{base}_zero",
+                                      onnx_int_tensor_of(enc.zeros, enc.bits, False, enc.scales.shape)))
+    dq = ir.node("DequantizeLinear", inputs, {"axis": enc.axis, "block_size": enc.block_size},
                  name=fresh(f"{base}_dq"))
     out = dq.outputs[0]
-    out.name, out.shape = fresh(f"{base}_dequantized"), ir.Shape(codes.shape)
+    out.name, out.shape = fresh(f"{base}_dequantized"), ir.Shape(enc.shape)
     out.type = ir.TensorType(ir.DataType.FLOAT)
     graph.insert_before(nodes[0], dq)
     old = None
@@ -79,34 +121,29 @@ def write_dq(graph: ir.Graph, fresh: Fresh, layer: Layer, bq: BlockQuantized, no
     drop_if_unused(graph, old)
 
 
-def write_matmulnbits(graph: ir.Graph, fresh: Fresh, layer: Layer, bq: BlockQuantized, nodes: list[ir.Node],
+def write_matmulnbits(graph: ir.Graph, fresh: Fresh, layer: Layer, enc: Encoded, nodes: list[ir.Node],
                       accuracy_level: int) -> None:
     """MatMulNBits for each linear node of the layer, GatherBlockQuantized for each Gather."""
     old = nodes[0].inputs[layer.uses[0].operand]
-    if layer.kind == "embedding":
-        data, scales, zeros = gather_arrays(bq)
-        attrs = {"gather_axis": 0, "quantize_axis": 1, "block_size": bq.fmt.block_size, "bits": bq.fmt.bits}
-        shared = _shared(graph, fresh, layer.key, data, scales, zeros)
+    shared = _shared(graph, fresh, layer.key, enc.data, enc.scales, enc.zeros)
+    if enc.form == "gather":
+        attrs = {"gather_axis": 0, "quantize_axis": 1, "block_size": enc.block_size, "bits": enc.bits}
         for node in nodes:
             _replace(graph, fresh, node, [ir.node("GatherBlockQuantized", [shared[0], node.inputs[1], *shared[1:]],
                                                   attrs, domain=MS_DOMAIN, name=fresh(f"{node.name}_q"))])
     else:
-        arrays = matmulnbits_arrays(bq)
-        attrs = {"K": arrays.k, "N": arrays.n, "bits": bq.fmt.bits, "block_size": bq.fmt.block_size}
+        attrs = {"K": enc.k, "N": enc.n, "bits": enc.bits, "block_size": enc.block_size}
         if accuracy_level > 0:
             attrs["accuracy_level"] = accuracy_level
-        shared = _shared(graph, fresh, layer.key, arrays.b, arrays.scales, arrays.zero_points)
         for node in nodes:
-            _replace(graph, fresh, node, _nbits_chain(fresh, node, shared, attrs, arrays.n))
+            _replace(graph, fresh, node, _nbits_chain(fresh, node, shared, attrs, enc.n))
     graph.opset_imports.setdefault(MS_DOMAIN, 1)
     drop_if_unused(graph, old)
 
 
 def _shared(graph, fresh, base, data, scales, zeros) -> list[ir.Value]:
-    values = [add_initializer(graph, fresh, f"{base}_q", data), add_initializer(graph, fresh, f"{base}_scale", scales)]
-    if zeros is not None:
-        values.append(add_initializer(graph, fresh, f"{base}_zero", zeros))
-    return values
+    arrays = [(f"{base}_q", data), (f"{base}_scale", scales)] + ([] if zeros is None else [(f"{base}_zero", zeros)])
+    return [add_initializer(graph, fresh, name, ir.Tensor(array)) for name, array in arrays]
 
 
 def _nbits_chain(fresh: Fresh, node: ir.Node, shared: list[ir.Value], attrs: dict, n: int) -> list[ir.Node]:

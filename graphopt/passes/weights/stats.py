@@ -5,9 +5,12 @@ position of every feed) are folded into running sums as they stream by
 (graphopt.activations.stream_activations, one batch at a time):
     H = Σ x xᵀ  [K, K],    a = Σ |x|  [K],    n = number of rows,
 so E[x xᵀ] = H/n and E|x_k| = a_k/n. At most FLUSH_ROWS rows per input wait in a buffer and are
-folded in with one float32 product (sums kept in float64): memory stays bounded whatever the
-size of the calibration set, and no activation is kept. The squared output error of a weight
-approximation Ŵ over the calibration rows is then exact without the rows:
+folded in with one float32 product (H kept in float32, the small sums in float64): memory stays
+bounded whatever the size of the calibration set, and no activation is kept. The H matrices of
+a large model can outweigh its weights (a Llama layer's are as large as the layer), so the
+layers are streamed in groups whose H fit a memory cap (`groups`), one pass over the data each.
+The squared output error of a weight approximation Ŵ over the calibration rows is then exact
+without the rows:
     Σ ||x(W - Ŵ)||² = tr(ΔWᵀ H ΔW),  and  e(Ŵ) = tr(ΔWᵀ H ΔW) / tr(Wᵀ H W)
 is the layer's relative output error (its output SQNR is -10·log10 e).
 """
@@ -30,7 +33,7 @@ class InputMoments:
     FLUSH_ROWS rows and are folded in together (one large product instead of one per batch)."""
 
     def __init__(self, features: int):
-        self.gram = np.zeros((features, features), np.float64)
+        self.gram = np.zeros((features, features), np.float32)
         self.abs_sum = np.zeros(features, np.float64)
         self.rows = 0
         self._pending: list[np.ndarray] = []
@@ -50,7 +53,7 @@ class InputMoments:
             return
         rows = np.concatenate(self._pending)
         self._pending, self._pending_rows = [], 0
-        self.gram += (rows.T @ rows).astype(np.float64)
+        self.gram += rows.T @ rows
         self.abs_sum += np.abs(rows).sum(axis=0, dtype=np.float64)
         self.rows += rows.shape[0]
 
@@ -61,6 +64,47 @@ class InputMoments:
     @property
     def mean_abs(self) -> np.ndarray:
         return self.abs_sum / max(self.rows, 1)
+
+
+def gram_bytes(features: int) -> int:
+    return 4 * features * features
+
+
+def layer_units(layers: list) -> list[tuple[list, dict[str, int]]]:
+    """Layers joined by the inputs they share (q/k/v read one activation; a layer reading several
+    pools them): ([layers], {input: K}) per unit, in the layers' order."""
+    unit_of: dict[str, int] = {}
+    units: list[tuple[list, dict[str, int]]] = []
+    for layer in layers:
+        joined = sorted({unit_of[name] for name in layer.inputs if name in unit_of})
+        if not joined:
+            units.append(([], {}))
+            joined = [len(units) - 1]
+        target = units[joined[0]]
+        for other in joined[1:]:  # a layer bridging two units merges them
+            target[0].extend(units[other][0])
+            target[1].update(units[other][1])
+            units[other] = ([], {})
+        target[0].append(layer)
+        target[1].update({name: layer.reduction for name in layer.inputs})
+        unit_of.update({name: joined[0] for name in target[1]})
+    return [unit for unit in units if unit[0]]
+
+
+def groups(units: list[tuple[list, dict[str, int]]], cap: int) -> list[tuple[list, dict[str, int]]]:
+    """Units packed in order into groups whose H bytes stay under `cap` (a unit larger than the
+    cap is a group of its own); the data is streamed once per group."""
+    packed: list[tuple[list, dict[str, int]]] = []
+    used = 0
+    for layers, inputs in units:
+        need = sum(gram_bytes(k) for k in inputs.values())
+        if not packed or (used and used + need > cap):
+            packed.append(([], {}))
+            used = 0
+        packed[-1][0].extend(layers)
+        packed[-1][1].update(inputs)
+        used += need
+    return packed
 
 
 @dataclass
