@@ -8,7 +8,11 @@ or (`rank="proxy"`, free) by the layer's relative output error on the calibratio
 tr(ΔWᵀHΔW)/tr(WᵀHW) (stats.py; an embedding, which has no input statistics, by its relative
 weight error ||ΔW||²/||W||²). The proxy ignores where a layer sits in the network and ranks
 transformer layers poorly (docs/weights-int4.md); the measurements are made only when the fully
-quantized model misses the budget. The order is by sensitivity per element (gain / number of
+quantized model misses the budget. With more than `max_measured` layers (a 1.1B decoder has 156,
+each measurement a session of the whole model) the layers are cut, in graph order, into
+`max_measured` contiguous parts of about equal weight count (a transformer block is about one
+part), each part's gain measured with the whole part kept float; parts are ordered by gain per
+element and the layers inside a part by the proxy. The order is by sensitivity per element (gain / number of
 weights), since a layer moved up costs bytes in proportion to its size: a large embedding table
 goes up only if it matters as much as the many small layers that would cost the same.
 Then the smallest prefix of that order which, moved to int8, meets the budget is found by
@@ -53,7 +57,7 @@ class Search(CandidateSearch):
 
 
 def fit_levels(search: Search, sizes: dict[str, int], bits: int, proxy: dict[str, float],
-               rank: str) -> tuple[Levels, dict]:
+               rank: str, max_measured: int = 0) -> tuple[Levels, dict]:
     """Levels that meet the budget with few bytes above `bits` ({layer: elements} = `sizes`), and a report."""
     keys = list(sizes)
     base = {k: bits for k in keys}
@@ -61,7 +65,7 @@ def fit_levels(search: Search, sizes: dict[str, int], bits: int, proxy: dict[str
     report = {"measured": True, "limits": dict(search.budget.limits), "all_quantized": {search.metric: value}}
     if ok:
         return base, {**report, "fits": True, "fallbacks": []}
-    order, gains = ranking(search, sizes, bits, proxy, rank)
+    order, gains = ranking(search, sizes, bits, proxy, rank, max_measured)
     report["order"] = order
     if gains:
         report["measured_gain"] = gains
@@ -76,14 +80,44 @@ def fit_levels(search: Search, sizes: dict[str, int], bits: int, proxy: dict[str
     return current, {**report, "fits": False, "fallbacks": []}
 
 
-def ranking(search: Search, sizes: dict[str, int], bits: int, proxy: dict[str, float], rank: str):
-    """Most sensitive per element first; with rank="measured" also each layer's measured gain in float."""
+def ranking(search: Search, sizes: dict[str, int], bits: int, proxy: dict[str, float], rank: str,
+            max_measured: int = 0):
+    """Most sensitive per element first, and the measured gains (by layer, or by part: see the
+    module docstring; {} for rank="proxy")."""
     keys = list(sizes)
+    by_proxy = sorted(keys, key=lambda k: -proxy.get(k, 0.0) / sizes[k])
     if rank != "measured":
-        return sorted(keys, key=lambda k: -proxy.get(k, 0.0) / sizes[k]), {}
+        return by_proxy, {}
     _, base = search.try_({k: bits for k in keys})
-    gains = {k: round(search.gain(search.try_({**{j: bits for j in keys}, k: 0})[1], base), 6) for k in keys}
-    return sorted(keys, key=lambda k: -gains[k] / sizes[k]), gains
+    grouped = 0 < max_measured < len(keys)
+    parts = contiguous_parts(sizes, max_measured) if grouped else [[k] for k in keys]
+    gains = []
+    for part in parts:
+        _, value = search.try_({**{j: bits for j in keys}, **{k: 0 for k in part}})
+        gains.append(round(search.gain(value, base), 6))
+    per_element = {i: gains[i] / sum(sizes[k] for k in part) for i, part in enumerate(parts)}
+    position = {k: i for i, k in enumerate(by_proxy)}
+    order = [k for i in sorted(per_element, key=lambda i: -per_element[i])
+             for k in sorted(parts[i], key=position.__getitem__)]
+    if not grouped:
+        return order, {part[0]: gain for part, gain in zip(parts, gains)}
+    return order, {f"{part[0]} .. {part[-1]} ({len(part)} layers)": gain for part, gain in zip(parts, gains)}
+
+
+def contiguous_parts(sizes: dict[str, int], count: int) -> list[list[str]]:
+    """The keys, in order, cut into at most `count` runs of about equal total size (each run
+    aims at what is left divided by the runs left, so one large key does not skew the rest)."""
+    parts: list[list[str]] = []
+    current, current_size, left = [], 0, sum(sizes.values())
+    for key, size in sizes.items():
+        runs_left = count - len(parts)
+        if current and runs_left > 1 and current_size + size / 2 > left / runs_left:
+            parts.append(current)
+            left -= current_size
+            current, current_size = [], 0
+        current.append(key)
+        current_size += size
+    return parts + [current]
 
 
 def smallest_prefix(search: Search, start: Levels, order: list[str], level: int) -> Levels | None:

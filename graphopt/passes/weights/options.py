@@ -33,6 +33,7 @@ class QuantizeWeightsOptions:
     budget_share: float = 1.0
     fallback: bool = True  # sensitive layers to int8, then float, until the budget holds
     rank: Literal["measured", "proxy"] = "measured"  # fallback order: one measurement per layer, or free proxy
+    rank_measurements: int = 48  # rank=measured with more layers: contiguous parts, one measurement each
     gptq_damping: float = 0.01  # fraction of mean(diag H) added to H's diagonal
     stats_memory: float = 0.25  # input statistics held at once, x the model's weight bytes (>= 256 MiB)
     speed_runs: int = 20  # accuracy_level=-1: runs per candidate
@@ -53,6 +54,8 @@ class QuantizeWeightsOptions:
             raise ValueError(f"budget_share must be in (0, 1], got {self.budget_share}")
         if self.min_elements < 0 or self.speed_runs < 1 or not 0 <= self.speed_margin < 1:
             raise ValueError("min_elements must be >= 0, speed_runs >= 1 and speed_margin in [0, 1)")
+        if self.rank_measurements < 1:
+            raise ValueError(f"rank_measurements must be >= 1, got {self.rank_measurements}")
         if not 0 < self.stats_memory <= 16:
             raise ValueError(f"stats_memory must be in (0, 16], got {self.stats_memory}")
         if not 0 < self.gptq_damping < 1:

@@ -232,7 +232,7 @@ def _fit(model: ir.Model, builder: Builder, ctx: PassContext, rows: dict[str, di
     search.memo = ctx.search_memo("quantize-weights", builder.accuracy_level)
     proxy = {k: row.get("output_error", row["rel_error"] ** 2) for k, row in rows.items()}
     sizes = {layer.key: layer.size for layer in builder.layers}
-    levels, report = fit_levels(search, sizes, opts.bits, proxy, opts.rank)
+    levels, report = fit_levels(search, sizes, opts.bits, proxy, opts.rank, opts.rank_measurements)
     report["measurements"] = len(search.measured)
     return levels, report
 
