@@ -4,7 +4,8 @@ Exit codes (README "CLI"): 0 success; 1 a verification or budget failure; 2 bad 
 usage, with one readable line on stderr (a traceback only with --debug), in every subcommand;
 3 a bug in graphopt (any exception that is not graphopt's own); 130 interrupted. Numeric
 arguments are range-checked while parsing, so a bad one never reaches the API. No output
-file on a non-zero exit.
+file on a non-zero exit. A batch (`optimize ... --out-dir DIR`, graphopt.batch_command) runs each
+model as a single run and sums their codes up: 0 all succeeded, 2 any bad input, else 1.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def _int_in(low: int, high: int):
         return value
 
     return parse
+
+
+def _executor(text: str):
+    """An argparse `type=` for `--executor` (graphopt.executor.ExecutorSpec; one-line refusal)."""
+    from graphopt.executor import ExecutorSpec
+
+    try:
+        return ExecutorSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -102,9 +113,16 @@ def _add_optimize(sub) -> None:
     recipes = "\n".join(f"  {name:<13} {line}" for name, line in RECIPE_SUMMARIES.items())
     p = sub.add_parser("optimize", help="run a recipe or pass list, verified pass by pass", formatter_class=_Help,
                        description=f"Run a recipe or pass list, verified pass by pass.\n\nrecipes:\n{recipes}")
-    p.add_argument("model")
-    p.add_argument("output_path", nargs="?", metavar="OUTPUT", help="the optimized model (or -o)")
+    p.add_argument("model", help="the input model")
+    p.add_argument("output_path", nargs="*", metavar="OUTPUT", help="the optimized model (or -o); with "
+                   "--out-dir: more input models")
     p.add_argument("-o", "--output", help="the optimized model (or the positional OUTPUT)")
+    p.add_argument("--out-dir", metavar="DIR", help="a batch: every positional is an input model (or a .txt "
+                   "manifest of model paths); each one goes to DIR/NAME.onnx with DIR/NAME.report.json, and "
+                   "DIR/batch.json sums them up")
+    p.add_argument("--executor", type=_executor, metavar="local|process:N|ray[:ADDRESS]",
+                   help="with --out-dir: where the models run (default: local, one after another in this process; "
+                   "process:N: N worker processes)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--passes", help="name[:key=value;...],... (see `graphopt passes`)")
     group.add_argument("--recipe", help="a recipe name (listed above; default lossless) or a recipe file "
@@ -158,6 +176,12 @@ def _add_custom_ops(p) -> None:
 
 
 def cmd_optimize(args) -> int:
+    if args.out_dir is not None:  # a batch of models (graphopt.batch_command)
+        from graphopt.batch_command import cmd_batch
+
+        return cmd_batch(args, build_parser().parse_args, main)
+    if args.executor is not None:
+        raise InputError("--executor runs a batch: give --out-dir DIR (and any number of models)")
     from graphopt.api import optimize
     from graphopt.progress import TerminalProgress
     from graphopt.report import format_summary
@@ -187,9 +211,13 @@ def cmd_optimize(args) -> int:
 
 def _output_path(args) -> str:
     """`optimize IN OUT` (onnxsim's form) or `optimize IN -o OUT`: exactly one of them."""
-    if args.output and args.output_path and args.output != args.output_path:
-        raise InputError(f"two output paths: '{args.output_path}' and -o '{args.output}'; give one")
-    path = args.output or args.output_path
+    if len(args.output_path) > 1:
+        raise InputError(f"unrecognized arguments: {' '.join(args.output_path[1:])} (several models: "
+                         "--out-dir DIR)")
+    positional = args.output_path[0] if args.output_path else None
+    if args.output and positional and args.output != positional:
+        raise InputError(f"two output paths: '{positional}' and -o '{args.output}'; give one")
+    path = args.output or positional
     if not path:
         raise InputError("no output path: graphopt optimize IN OUT (or -o OUT)")
     return path

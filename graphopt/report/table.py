@@ -22,10 +22,7 @@ def format_table(report: dict[str, Any]) -> str:
         rows.append([rec["name"], status, str(rec["size"]["nodes"]), _mb(rec["size"]["bytes"]),
                      _num(verify.get("max_abs")), _num(verify.get("vs_input", {}).get("cosine"), 6)]
                     + [_ms(rec["bench"], p) for p in providers] + [f"{rec['seconds']:.2f}"])
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = text_table(header, rows)
     for rec in report["passes"]:
         if rec["error"]:
             lines.append(f"{rec['name']}: {rec['error']}")
@@ -62,11 +59,9 @@ def format_summary(report: dict[str, Any]) -> str:
             lines.append(f"{provider}: {speed_sentence(compared[provider])} (ORT_ENABLE_ALL)")
         else:  # a report written before spreads were recorded
             lines.append(f"{provider}: {ratio:.2f}x the input model's speed (ORT_ENABLE_ALL p50)")
-    cosines = [((r.get("verify") or {}).get("vs_input") or {}).get("cosine")
-               for r in report["passes"] if r["applied"]]
-    cosines = [c for c in cosines if isinstance(c, float)]
-    if cosines:
-        lines.append(f"worst cosine vs input: {cosines[-1]:.6f}")
+    cosine = worst_cosine(report)
+    if cosine is not None:
+        lines.append(f"worst cosine vs input: {cosine:.6f}")
     rolled = summary.get("passes_rolled_back") or []
     lines.append(f"passes applied {len(summary['passes_applied'])}, rolled back {len(rolled)}"
                  + (f" ({', '.join(rolled)})" if rolled else ""))
@@ -75,6 +70,23 @@ def format_summary(report: dict[str, Any]) -> str:
     if summary.get("verify") == "off":
         lines.append("WARNING: --verify off: no pass was checked against the input model")
     return "\n".join(lines)
+
+
+def worst_cosine(report: dict[str, Any]) -> float | None:
+    """The final model's cosine against the input model (the last applied pass's, measured on the
+    whole chain; the worst output's), or None when no applied pass was compared."""
+    cosines = [((r.get("verify") or {}).get("vs_input") or {}).get("cosine")
+               for r in report["passes"] if r["applied"]]
+    cosines = [c for c in cosines if isinstance(c, float)]
+    return cosines[-1] if cosines else None
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart, a dashed rule under the header."""
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    return lines + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
 
 
 def speed_sentence(compared: dict[str, Any]) -> str:
