@@ -96,9 +96,8 @@ class ShapeEval:
             return None  # a malformed attribute or input: nothing is known
 
     def _merge(self, value: ir.Value, derived: Optional[list]) -> Optional[list]:
-        array = const_array(value)
-        if array is not None:
-            return [const(d) for d in array.shape]
+        if value.const_value is not None and not value.is_graph_input():  # its shape, without reading the data
+            return [const(int(d)) for d in value.const_value.shape]
         shape = value.shape
         if shape is None or (value.is_graph_output() and not value.is_graph_input()):
             return derived  # a declared output shape is not checked by ORT; derive or know nothing
