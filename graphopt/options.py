@@ -8,9 +8,12 @@ tuple[str, ...] written as `a|b|c`, or Optional of those) and then the dataclass
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
+
+import numpy as np
 
 from graphopt.errors import InputError
 
@@ -40,8 +43,12 @@ def parse_options(pass_name: str, cls: type, raw: dict[str, str]) -> Any:
 
 
 def build_options(pass_name: str, cls: type, values: dict[str, Any]) -> Any:
-    """Instantiate and validate options given as Python values."""
+    """Instantiate and validate options given as Python values (each checked against its
+    annotation first: a Literal's choices, bool / int / float / str, tuples of them; a list
+    where a tuple is expected is taken as one)."""
     try:
+        hints = typing.get_type_hints(cls)
+        values = {k: check_value(k, v, hints[k]) if k in hints else v for k, v in values.items()}
         options = cls(**values)
         options.validate()
     except (TypeError, ValueError) as exc:
@@ -50,6 +57,32 @@ def build_options(pass_name: str, cls: type, values: dict[str, Any]) -> Any:
 
 
 _UNIONS = (Union, types.UnionType)  # Optional[X] and X | None
+_SCALARS = {bool: (bool, np.bool_), int: (numbers.Integral,), float: (numbers.Real,), str: (str,)}
+
+
+def check_value(name: str, value: Any, hint: Any) -> Any:
+    """`value` if it is what `hint` allows (a list for a tuple comes back a tuple), else
+    ValueError naming the option. Annotations other than these are left to `validate`."""
+    origin = get_origin(hint)
+    if origin in _UNIONS:
+        if value is None:
+            return None
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return check_value(name, value, args[0]) if len(args) == 1 else value
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ValueError(f"{name} must be one of {', '.join(map(str, get_args(hint)))}, got {value!r}")
+        return value
+    if origin is tuple and isinstance(value, (tuple, list)):
+        item = get_args(hint)[0] if get_args(hint) else Any
+        return tuple(check_value(name, v, item) for v in value)
+    if origin is tuple or hint in _SCALARS:
+        allowed = (tuple, list) if origin is tuple else _SCALARS[hint]
+        wrong_bool = isinstance(value, (bool, np.bool_)) and hint in (int, float)
+        if wrong_bool or not isinstance(value, allowed):
+            what = "a list" if origin is tuple else f"{'an' if hint is int else 'a'} {hint.__name__}"
+            raise ValueError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    return value
 
 
 def convert(text: str, hint: Any) -> Any:

@@ -94,3 +94,25 @@ def test_yaml_recipe_without_pyyaml_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"reading YAML needs PyYAML \(pip install pyyaml\), or write the file "
                                          r"as \.toml or \.json$"):
         passes_from_recipe(str(recipe))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"method": "foo"}, "method must be one of minmax, percentile, entropy, mse, got 'foo'"),
+    ({"per_channel": "yes"}, "per_channel must be a bool, got str 'yes'"),
+    ({"exclude_ops": "Conv"}, "exclude_ops must be a list, got str 'Conv'"),
+    ({"exclude_ops": ["Conv", 3]}, "exclude_ops must be a str, got int 3"),
+])
+def test_api_option_values_are_checked_against_their_types(options, message):
+    from graphopt.registry import get_pass
+
+    with pytest.raises(InputError, match="^pass 'quantize': " + message.replace("(", r"\(").replace(")", r"\)")):
+        get_pass("quantize")(**options)
+
+
+def test_api_option_lists_become_tuples_and_ints_pass_as_floats():
+    from graphopt.registry import get_pass
+
+    options = get_pass("quantize-weights")(exclude_ops=["MatMul"], stats_memory=1, block_size=64).options
+    assert options.exclude_ops == ("MatMul",) and options.stats_memory == 1 and options.block_size == 64
+    with pytest.raises(InputError, match="block_size must be an int, got bool True"):
+        get_pass("quantize-weights")(block_size=True)
