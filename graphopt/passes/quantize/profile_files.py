@@ -9,10 +9,14 @@ data, not code:
     activation = {dtype = "int8", symmetric = true}
     weight = {dtype = "int8", symmetric = true, bits = 8}
     drop_ops = ["Add"]                # with a base: op rules to remove
+    wide = {dtype = "uint16"}         # optional: the budget widens a unit's activations to this
     [ops.Conv]                        # with a base: added or replacing the base's rule
     role = "compute"
     activations = [0]
     weight = 1
+    [default]                         # optional: the rule of every op `ops` does not list
+    role = "elementwise"
+    always = true                     # quantized whatever its neighbours (no float island)
 
 Without `base`, `activation`, `weight` and `ops` are required. Every field is checked when the
 options are parsed (unknown names, types, roles, dtypes, bits), so a typo stops the run before
@@ -35,7 +39,8 @@ ROLES = ("compute", "activation", "elementwise", "shared", "embedding")
 DTYPES = {"activation": ("uint8", "int8", "uint16", "int16", "float8e4m3fn"),
           "weight": ("uint8", "int8", "float8e4m3fn")}
 TOP_FIELDS = {"base", "name", "description", "activation", "weight", "ops", "drop_ops", "fold_relu",
-              "bias_int32", "min_opset", "latency_check", "latency_provider", "gemm_bias"}
+              "bias_int32", "min_opset", "latency_check", "latency_provider", "gemm_bias", "default", "wide"}
+WIDE_DTYPES = ("uint16", "int16")
 SCALARS = {"fold_relu": bool, "bias_int32": bool, "latency_check": bool, "gemm_bias": bool,
            "min_opset": int, "latency_provider": str, "description": str, "name": str}
 
@@ -84,6 +89,10 @@ def _profile(data: dict, stem: str) -> QuantProfile:
     for key in ("activation", "weight"):
         if key in data:
             fields[key] = _tensor_type(data[key], key)
+    if "default" in data:
+        fields["default"] = _rule("default", data["default"])
+    if "wide" in data:
+        fields["wide"] = _tensor_type(data["wide"], "wide")
     if fields.get("latency_provider", "cpu") not in PROVIDERS:
         raise ValueError(f"latency_provider: expected one of {', '.join(PROVIDERS)}, "
                          f"got {fields['latency_provider']!r}")
@@ -105,22 +114,23 @@ def _base(data: dict) -> QuantProfile | None:
 def _ops(table: Any) -> dict[str, OpRule]:
     if not isinstance(table, dict):
         raise ValueError("ops: expected a table {OpType: {role = ..., ...}}")
+    return {op: _rule(f"ops.{op}", rule) for op, rule in table.items()}
+
+
+def _rule(where: str, rule: Any) -> OpRule:
+    """An op rule from its table (`ops.OpType` or `default`)."""
+    if not isinstance(rule, dict):
+        raise ValueError(f"{where}: expected a table of rule fields")
     known = {f.name for f in dataclasses.fields(OpRule)}
-    rules = {}
-    for op, rule in table.items():
-        if not isinstance(rule, dict):
-            raise ValueError(f"ops.{op}: expected a table of rule fields")
-        unknown = sorted(set(rule) - known)
-        if unknown:
-            raise ValueError(f"ops.{op}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        if rule.get("role") not in ROLES:
-            raise ValueError(f"ops.{op}.role: expected one of {', '.join(ROLES)}, got {rule.get('role')!r}")
-        rules[op] = OpRule(**{k: _rule_field(v, k, op) for k, v in rule.items()})
-    return rules
+    unknown = sorted(set(rule) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if rule.get("role") not in ROLES:
+        raise ValueError(f"{where}.role: expected one of {', '.join(ROLES)}, got {rule.get('role')!r}")
+    return OpRule(**{k: _rule_field(v, f"{where}.{k}", k) for k, v in rule.items()})
 
 
-def _rule_field(value: Any, key: str, op: str) -> Any:
-    where = f"ops.{op}.{key}"
+def _rule_field(value: Any, where: str, key: str) -> Any:
     if key == "role":
         return value
     if key == "activations":
@@ -136,8 +146,9 @@ def _tensor_type(value: Any, key: str) -> TensorType:
     unknown = sorted(set(value) - {"dtype", "symmetric", "bits"})
     if unknown:
         raise ValueError(f"{key}: unknown field(s) {', '.join(unknown)} (known: bits, dtype, symmetric)")
-    if value.get("dtype") not in DTYPES[key]:
-        raise ValueError(f"{key}.dtype: expected one of {', '.join(DTYPES[key])}, got {value.get('dtype')!r}")
+    allowed = WIDE_DTYPES if key == "wide" else DTYPES[key]
+    if value.get("dtype") not in allowed:
+        raise ValueError(f"{key}.dtype: expected one of {', '.join(allowed)}, got {value.get('dtype')!r}")
     bits = _scalar(value.get("bits", 8), int, f"{key}.bits")
     if bits not in (7, 8):
         raise ValueError(f"{key}.bits: expected 7 or 8, got {bits}")

@@ -43,6 +43,26 @@ output = true
     assert profile.latency_check is False
 
 
+def test_a_file_sets_the_default_rule_and_the_wide_type_as_the_qnn_profile_does(tmp_path):
+    from graphopt.passes.quantize.profiles import OpRule, TensorType
+
+    path = _write(tmp_path, "npu16.toml", """
+base = "tensorrt"
+wide = {dtype = "uint16"}
+[default]
+role = "elementwise"
+always = true
+""")
+    profile = load_profile(path)
+    assert profile.default == OpRule("elementwise", always=True)
+    assert profile.wide == TensorType("uint16", False)
+    assert profile.rule("Tanh") == profile.default and profile.rule("Shape") is None  # no float math: no rule
+    proto = _conv_and_gemm_model()
+    out, result = quantize(proto, _feeds(proto, 3, scale=0.5), profile=path)
+    unlisted = set(result.stats["quantized_by_op"]) - set(get_profile("tensorrt").ops)
+    assert unlisted, result.stats["quantized_by_op"]  # ops only the default rule covers were quantized
+
+
 def test_a_profile_with_16_bit_activations_gets_their_rules(tmp_path):
     from graphopt.passes.quantize.options import QuantizeOptions, resolve_profile
 
@@ -78,6 +98,9 @@ def test_a_standalone_json_profile_places_qdq_as_it_says(tmp_path):
     ('base = "tensorrt"\nmin_opset = "13"\n', "min_opset: expected int"),
     ('base = "tensorrt"\nlatency_provider = "npu"\n', "latency_provider: expected one of cpu"),
     ('base = "tensorrt\n', "not valid TOML"),
+    ('base = "tensorrt"\nwide = {dtype = "uint8"}\n', "wide.dtype: expected one of uint16, int16"),
+    ('base = "tensorrt"\n[default]\nrole = "elementwise"\nalways = 1\n', "default.always: expected bool"),
+    ('base = "tensorrt"\ndefault = "elementwise"\n', "default: expected a table of rule fields"),
 ])
 def test_a_wrong_profile_file_is_one_line_naming_the_field(tmp_path, text, said):
     path = _write(tmp_path, "bad.toml", text)
