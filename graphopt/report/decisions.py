@@ -107,11 +107,14 @@ def _budget(value: Any) -> str | None:
              f"<b>{'fits' if value.get('fits') else 'missed'}</b>.</p>", _measured_table(value)]
     fallbacks = value.get("fallbacks") or []
     if fallbacks:
-        parts.append(f"<p>{len(fallbacks)} node(s) put back in float, largest measured effect first "
-                     "(the metric with the node quantized, and with it back in float):</p>")
+        to = value.get("fallback_to") or "float"
+        done, where = ("put back in float", "back in float") if to == "float" else \
+            (f"widened to {to} activations", f"in {to}")
+        parts.append(f"<p>{len(fallbacks)} node(s) {e(done)}, largest measured effect first "
+                     f"(the metric with the node quantized, and with it {e(where)}):</p>")
         parts.append(dict_table([_effect(f) for f in fallbacks], LIMIT))
     rest = {k: v for k, v in value.items()
-            if k not in ("measured", "limits", "fits", "fallbacks", "all_quantized", "final")}
+            if k not in ("measured", "limits", "fits", "fallbacks", "all_quantized", "final", "fallback_to")}
     return "".join(parts) + (render_value(rest) if rest else "")
 
 

@@ -68,9 +68,21 @@ def test_kept_float_nodes_fallbacks_and_calibration_are_in_the_page(fallback_rep
         effect = f"{fallback['float'] - fallback['quantized']:+.4g}"
         assert f"<td>{fallback['node']}</td>" in page and effect in page
     assert "Accuracy budget cosine ≥ 0.999: <b>fits</b>" in page
+    assert stats["budget"]["fallback_to"] == "float" and "node(s) put back in float" in page
     calib = stats["calibration"]
     assert f"Calibrated by {calib['method']} on {calib['source']}" in page
     assert "No speed check." in page  # speed_check=false says so instead of dropping it
+
+
+def test_widened_fallbacks_are_not_called_float(fallback_report):
+    import copy
+
+    report = copy.deepcopy(fallback_report)
+    budget = next(r for r in report["passes"] if r["name"] == "quantize")["stats"]["budget"]
+    budget["fallback_to"] = "uint16"  # what a profile with a wide type (qnn) reports
+    page = render_html(report)
+    assert "node(s) widened to uint16 activations" in page and "with it in uint16" in page
+    assert "put back in float" not in page
 
 
 def test_speed_decision_with_its_timings_is_in_the_page():

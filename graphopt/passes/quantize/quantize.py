@@ -345,7 +345,7 @@ def _stats(job: QuantJob, best: Candidate, calib: dict, fit: dict) -> dict:
         "quantized_tensors": len(plan.tensors), "relu_folded": best.applied.relu_folded,
         "scale_groups": len(plan.groups), "qdq_nodes_added": best.applied.nodes_added,
         "kept_float": dict(sorted(plan.skipped.items())), "bias_scale_grown": best.applied.bias_grown,
-        "calibration": calib, "budget": fit,
+        "calibration": calib, "budget": {**fit, "fallback_to": profile.wide.dtype if profile.wide else "float"},
         "weight_sqnr_db": {name: w["sqnr_db"] for name, w in weights},
         "bytes_added": best.applied.bytes_added,
         **(_widths(best) if profile.wide is not None else {}),

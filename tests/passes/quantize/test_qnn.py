@@ -181,6 +181,7 @@ def test_tight_budget_widens_units_to_16_bit_and_keeps_every_op_quantized():
     out, result = quantize(proto, feeds, holdout, Budget({"cosine": budget}), profile="qnn", method="minmax")
     stats = result.stats
     assert result.modified and stats["budget"]["fits"] and stats["budget"]["all_quantized"]["cosine"] < budget
+    assert stats["budget"]["fallback_to"] == "uint16"  # the report says widened, not float
     wide = stats["tensors_16bit"]
     assert 0 < len(wide) == stats["activations_16bit"] < stats["activations_16bit"] + stats["activations_8bit"]
     assert float_islands(out) == []
