@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--recipes", default="lossless",
                         help="comma-separated recipes; lossy ones run with --calib synthetic (random-init "
                              "weights: memory and time, not fidelity)")
+    parser.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                        help="passed to the lossy runs (random-init logits are near ties: the default "
+                             "top-1 budget sends every layer back to float)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
@@ -101,7 +104,8 @@ def main() -> None:
         files = [f for f in model.parent.iterdir() if f.is_file() and f.suffix != ".onnx"]
         weights = sum(f.stat().st_size for f in files) / 2**20
         print(cpu_line())
-        print(f"\n{model.stat().st_size / 2**20:.1f} MB graph, {len(files)} external files, {weights:.0f} MB of weights\n")
+        graph_mb = model.stat().st_size / 2**20
+        print(f"\n{graph_mb:.1f} MB graph, {len(files)} external files, {weights:.0f} MB of weights\n")
         print("| step | seconds | peak RSS MB | x weights | output |\n|---|---|---|---|---|")
         seconds, peak, _ = child(ORT_ONLY, [str(model)])
         print(f"| ORT session alone (load + one decode step) | {seconds:.1f} | {peak:.0f} | {peak / weights:.2f} | |",
@@ -110,11 +114,13 @@ def main() -> None:
             out = Path(tmp) / f"out-{recipe}" / "model.onnx"
             out.parent.mkdir()
             extra = [] if recipe == "lossless" else ["--calib", "synthetic"]
+            extra += [item for b in args.budget for item in ("--budget", b)] if extra else []
             seconds, peak, stdout = child(GRAPHOPT, ["optimize", str(model), "-o", str(out), "--recipe", recipe,
                                                      *extra])
             size = sum(f.stat().st_size for f in out.parent.iterdir()) / 2**20
-            print(f"| `graphopt optimize M -o OUT --recipe {recipe}` (no data{', --calib synthetic' if extra else ''}) "
-                  f"| {seconds:.1f} | {peak:.0f} | {peak / weights:.2f} | {size:.0f} MB out |\n", flush=True)
+            command = " ".join(["graphopt optimize M -o OUT --recipe", recipe, *extra])
+            print(f"| `{command}` | {seconds:.1f} | {peak:.0f} | {peak / weights:.2f} | {size:.0f} MB out |\n",
+                  flush=True)
             print(stdout, flush=True)
             shutil.rmtree(out.parent)
 

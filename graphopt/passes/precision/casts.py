@@ -25,6 +25,8 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.io import release_tensor
+
 from graphopt.passes.precision.lowtypes import LowType
 from graphopt.passes.precision.select import is_constant, node_keys
 from graphopt.passes.precision.slots import DEFAULT_DOMAINS, Slots, reads_any_type
@@ -70,7 +72,9 @@ class _Writer:
 
     def constant(self, value: ir.Value) -> ir.Value:
         if value.name not in self.arrays:
-            self.arrays[value.name] = self.low.convert(ir.convenience.get_const_tensor(value).numpy())
+            tensor = ir.convenience.get_const_tensor(value)
+            self.arrays[value.name] = self.low.convert(tensor.numpy())
+            release_tensor(tensor)  # an external weight's pages, read once, need not stay resident
         name = self.fresh(f"{value.name}_{self.low.name}")
         copy = ir.Value(name=name, shape=_copy(value.shape), type=ir.TensorType(self.low.dtype),
                         const_value=ir.Tensor(self.arrays[value.name], name=name))

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.io import release_tensor
+
 from graphopt.passes.precision.lowtypes import LowType
 from graphopt.passes.precision.select import Selection, is_constant, node_keys
 from graphopt.activations import stream_activations
@@ -53,7 +55,9 @@ def measure(work: ir.Model, found: Selection, small: set[str], feeds, progress=N
     for key, slots in found.candidates.items():
         for value in slot_values(nodes[key], slots):
             if is_constant(value):
-                ranges.fold(value.name, ir.convenience.get_const_tensor(value).numpy(), value.name in small)
+                tensor = ir.convenience.get_const_tensor(value)
+                ranges.fold(value.name, tensor.numpy(), value.name in small)
+                release_tensor(tensor)  # an external weight's pages, read once, need not stay resident
             elif value.name not in inputs:
                 activations.append(value.name)
     for feed in feeds():

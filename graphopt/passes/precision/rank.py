@@ -1,6 +1,6 @@
 """Which converted ops add the most error: the order in which the budget fallback puts them back.
 
-Both models run side by side on a few search feeds (the float32 one and the fully converted
+Both models run, one after the other, on a few search feeds (the float32 one and the fully converted
 candidate, graph optimizations off), exposing the outputs of the converted ops; per tensor v the
 relative error of the candidate is
     e(v) = ||v_low - v_32|| / ||v_32||    (summed over the feeds),
@@ -19,6 +19,7 @@ from graphopt.activations import exposed_session, with_outputs
 from graphopt.passes.precision.ranges import slot_values
 from graphopt.passes.precision.select import node_keys
 from graphopt.passes.precision.streams import chunks_for
+from graphopt.runtime import return_freed_memory
 
 MAX_FEEDS = 2  # each feed runs both models with every converted op's output exposed
 MAX_BYTES = 512 * 1024 * 1024
@@ -30,17 +31,25 @@ def relative_errors(reference: ir.Model, candidate: ir.Model, names: list[str], 
     chunks = chunks_for(reference, [n for n in names if n in present], feeds[0], MAX_BYTES) if feeds else []
     diff: dict[str, float] = {}
     norm: dict[str, float] = {}
-    for chunk in chunks:
-        ref = exposed_session(with_outputs(reference, chunk), owned=True)
-        cand = exposed_session(with_outputs(candidate, chunk), owned=True)
-        for feed in feeds:
-            for name, a, b in zip(chunk, ref.run(chunk, feed), cand.run(chunk, feed)):
+    for chunk in chunks:  # one session at a time: the two together held two copies of the weights
+        expected = _run(reference, chunk, feeds)
+        for feed_values, actual in zip(expected, _run(candidate, chunk, feeds)):
+            for name, a, b in zip(chunk, feed_values, actual):
                 a = np.nan_to_num(np.asarray(a, np.float32).ravel(), posinf=0.0, neginf=0.0)
                 d = np.nan_to_num(np.asarray(b, np.float32).ravel(), posinf=0.0, neginf=0.0) - a
                 diff[name] = diff.get(name, 0.0) + float(np.dot(d, d))
                 norm[name] = norm.get(name, 0.0) + float(np.dot(a, a))
-        del ref, cand
     return {n: float(np.sqrt(diff[n] / norm[n])) if norm[n] > 0 else float(np.sqrt(diff[n])) for n in diff}
+
+
+def _run(model: ir.Model, chunk: list[str], feeds: list[dict]) -> list[list]:
+    """The `chunk` tensors of `model` on every feed; the session is gone when this returns."""
+    session = exposed_session(with_outputs(model, chunk), owned=True)
+    try:
+        return [session.run(chunk, feed) for feed in feeds]
+    finally:
+        del session
+        return_freed_memory()
 
 
 def rank_by_added_error(work: ir.Model, candidate: ir.Model, chosen: dict, feeds: list[dict]) -> tuple[list[str], dict]:
