@@ -8,13 +8,13 @@ or (`rank="proxy"`, free) by the layer's relative output error on the calibratio
 tr(ΔWᵀHΔW)/tr(WᵀHW) (stats.py; an embedding, which has no input statistics, by its relative
 weight error ||ΔW||²/||W||²). The proxy ignores where a layer sits in the network and ranks
 transformer layers poorly (docs/weights-int4.md); the measurements are made only when the fully
-quantized model misses the budget. With more than `max_measured` layers (a 1.1B decoder has 156,
-each measurement a session of the whole model) the layers are cut, in graph order, into
-`max_measured` contiguous parts of about equal weight count (a transformer block is about one
-part), each part's gain measured with the whole part kept float; parts are ordered by gain per
-element and the layers inside a part by the proxy. The order is by sensitivity per element (gain / number of
+quantized model misses the budget. The order is by sensitivity per element (gain / number of
 weights), since a layer moved up costs bytes in proportion to its size: a large embedding table
-goes up only if it matters as much as the many small layers that would cost the same.
+goes up only if it matters as much as the many small layers that would cost the same. With more
+than `max_measured` layers (a 1.1B decoder has 156, each measurement a session of the whole
+model) the layers are cut, in graph order, into `max_measured` contiguous parts of about equal
+weight count (a transformer block is about one part), each part's gain measured with the whole
+part kept float; parts are ordered by gain per element, the layers inside a part by the proxy.
 Then the smallest prefix of that order which, moved to int8, meets the budget is found by
 doubling then bisection (O(log n) measurements). If even every layer at int8 misses, all stay
 int8 and the smallest prefix moved to float is searched the same way. The report gives the

@@ -31,8 +31,8 @@ rows; every fallback with its measured effect; every weight kept float and why.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
 from dataclasses import replace
+from typing import Callable
 
 import onnx_ir as ir
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
@@ -72,23 +73,15 @@ def gram_bytes(features: int) -> int:
 
 def layer_units(layers: list) -> list[tuple[list, dict[str, int]]]:
     """Layers joined by the inputs they share (q/k/v read one activation; a layer reading several
-    pools them): ([layers], {input: K}) per unit, in the layers' order."""
-    unit_of: dict[str, int] = {}
-    units: list[tuple[list, dict[str, int]]] = []
-    for layer in layers:
-        joined = sorted({unit_of[name] for name in layer.inputs if name in unit_of})
-        if not joined:
-            units.append(([], {}))
-            joined = [len(units) - 1]
-        target = units[joined[0]]
-        for other in joined[1:]:  # a layer bridging two units merges them
-            target[0].extend(units[other][0])
-            target[1].update(units[other][1])
-            units[other] = ([], {})
-        target[0].append(layer)
-        target[1].update({name: layer.reduction for name in layer.inputs})
-        unit_of.update({name: joined[0] for name in target[1]})
-    return [unit for unit in units if unit[0]]
+    pools them): the connected components of the layer-input graph, ([layers], {input: K}) per
+    unit, in the order of each unit's first layer."""
+    graph = nx.Graph()
+    for i, layer in enumerate(layers):
+        graph.add_node(i)
+        graph.add_edges_from((i, ("input", name)) for name in layer.inputs)
+    members = sorted(sorted(n for n in component if isinstance(n, int)) for component in nx.connected_components(graph))
+    return [([layers[i] for i in unit], {name: layers[i].reduction for i in unit for name in layers[i].inputs})
+            for unit in members]
 
 
 def groups(units: list[tuple[list, dict[str, int]]], cap: int) -> list[tuple[list, dict[str, int]]]:
